@@ -1,0 +1,18 @@
+//! Facts shared by every dispatch crate: default addresses, product names and, as the
+//! system grows, message types, signing and the target grammar. One place for each fact.
+
+/// The product name announced in AMQP server and client properties.
+pub const PRODUCT: &str = "dispatch";
+
+/// The crate version, announced by every daemon.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The IANA port of AMQP 0-9-1, where brokers listen unless told otherwise.
+pub const DEFAULT_AMQP_PORT: u16 = 5672;
+
+/// The address the standalone broker binds when `--listen` is not given.
+pub const DEFAULT_BROKER_LISTEN: &str = "127.0.0.1:5672";
+
+/// The line a daemon prints on standard output once its listener is bound, followed by
+/// the bound address. Tests and scripts that start a daemon on port 0 read it back.
+pub const READY_LINE_PREFIX: &str = "listening on ";

@@ -1,0 +1,1 @@
+//! The dispatch minion daemon. It arrives with the remote-execution issue.
