@@ -1,6 +1,124 @@
-//! The `dispatch-broker` command line.
+//! The `dispatch-broker` command line: parse, bind, print the ready line, serve until
+//! SIGTERM or Ctrl-C.
+
+use crate::config::{
+    BrokerConfig, DEFAULT_FRAME_MAX, DEFAULT_HEARTBEAT_SECS, DEFAULT_MAX_MESSAGE_SIZE, User,
+};
+use anyhow::Context;
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// A small, fast AMQP 0-9-1 broker.
+#[derive(Debug, Parser)]
+#[command(name = "dispatch-broker", version)]
+pub struct Args {
+    /// Address to listen on (port 0 picks a free port; the bound address is printed).
+    #[arg(long, default_value = dispatch_common::DEFAULT_BROKER_LISTEN)]
+    pub listen: SocketAddr,
+    /// Directory for durable state.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// A PLAIN/AMQPLAIN user as NAME:PASSWORD (repeatable).
+    #[arg(long = "user", value_name = "NAME:PASSWORD", value_parser = parse_user)]
+    pub users: Vec<User>,
+    /// Do not accept guest/guest (which is otherwise accepted from loopback only).
+    #[arg(long)]
+    pub no_guest: bool,
+    /// Largest message body accepted, in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_MESSAGE_SIZE)]
+    pub max_message_size: u64,
+    /// Heartbeat interval proposed to clients, in seconds (0 disables).
+    #[arg(long, default_value_t = DEFAULT_HEARTBEAT_SECS)]
+    pub heartbeat: u16,
+    /// Largest frame proposed to clients, in bytes (at least 4096).
+    #[arg(long, default_value_t = DEFAULT_FRAME_MAX, value_parser = clap::value_parser!(u32).range(4096..))]
+    pub frame_max: u32,
+}
+
+fn parse_user(s: &str) -> Result<User, String> {
+    let (name, password) = s
+        .split_once(':')
+        .filter(|(n, p)| !n.is_empty() && !p.is_empty())
+        .ok_or_else(|| format!("expected NAME:PASSWORD, got {s:?}"))?;
+    Ok(User {
+        name: name.to_owned(),
+        password: password.to_owned(),
+        loopback_only: false,
+    })
+}
+
+impl Args {
+    pub fn config(&self) -> BrokerConfig {
+        let mut users = self.users.clone();
+        if !self.no_guest && !users.iter().any(|u| u.name == "guest") {
+            users.push(User::guest());
+        }
+        BrokerConfig {
+            users,
+            frame_max: self.frame_max,
+            heartbeat_secs: self.heartbeat,
+            max_message_size: self.max_message_size,
+            data_dir: self.data_dir.clone(),
+            ..BrokerConfig::default()
+        }
+    }
+}
+
+/// The whole `dispatch-broker` program.
 pub fn main() -> ExitCode {
-    ExitCode::SUCCESS
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dispatch-broker: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "dispatch-broker {} ready", dispatch_common::VERSION);
+        println!("{}{addr}", dispatch_common::READY_LINE_PREFIX);
+        crate::serve(listener, args.config(), shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }

@@ -1,14 +1,32 @@
-//! The embedded AMQP 0-9-1 broker of dispatch (under construction).
+//! The embedded AMQP 0-9-1 broker of dispatch.
+//!
+//! A small, fast broker that standard AMQP clients can use, embedded in the master and
+//! runnable alone as `dispatch-broker`. The modules follow the protocol:
+//!
+//! - [`server`]: accept loop and shutdown;
+//! - [`connection`]: handshake, reading frames, writing through the [`outbox`];
+//! - [`channel`]: per-channel state and the handler of every method;
+//! - [`vhost`]: exchanges, queues, consumers and deliveries behind one lock, with
+//!   routing in [`exchange`] and queue contents in [`queue`];
+//! - [`codec`]: frames, the hand-parsed hot path and `amq-protocol` for the rest;
+//! - [`config`]: every setting and bound, with defaults.
+//!
+//! Library entry point: [`serve`] takes an already bound listener and a shutdown future.
 
+pub mod broker;
+pub mod channel;
 pub mod cli;
+pub mod codec;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod exchange;
+pub mod message;
+pub mod names;
+pub mod outbox;
+pub mod queue;
+pub mod server;
+pub mod vhost;
 
-use std::future::Future;
-use tokio::net::TcpListener;
-
-/// Serves AMQP on an already bound listener until `shutdown` completes.
-pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-    tokio::select! {
-        _ = shutdown => Ok(()),
-        r = async { loop { let _ = listener.accept().await?; } } => r,
-    }
-}
+pub use config::{BrokerConfig, User};
+pub use server::serve;

@@ -1,0 +1,230 @@
+//! `basic.publish` with its content, and `confirm.select`.
+//!
+//! A publish is a method frame, a content header and zero or more body frames. The
+//! header's body size is checked against the broker's maximum before any body byte is
+//! buffered. Once the body is complete the message is routed; a mandatory message that
+//! reached no queue comes back with `basic.return` (312 NO_ROUTE) *before* its publisher
+//! confirm, which is written right after routing (transient messages; durable ones will
+//! be confirmed once on disk).
+
+use crate::codec::content::{
+    ContentHeader, headers_table, parse_content_header, routing_keys, without_bcc,
+};
+use crate::codec::delivery::{ChannelOut, Content, Origin, put_ack, put_return};
+use crate::codec::frame::RawFrame;
+use crate::codec::publish::parse_publish;
+use crate::codec::{CLASS_BASIC, FRAME_BODY, FRAME_HEADER};
+use crate::connection::Connection;
+use crate::error::{AmqpError, code};
+use crate::message::Message;
+use crate::vhost::Routed;
+use amq_protocol::protocol::{AMQPClass, confirm};
+use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+
+/// A publish waiting for its content.
+#[derive(Debug)]
+pub(super) struct PendingPublish {
+    exchange: String,
+    routing_key: String,
+    mandatory: bool,
+    header: Option<(Bytes, ContentHeader)>,
+    body: BytesMut,
+}
+
+impl Connection {
+    pub(super) fn on_publish(&mut self, ch: u16, payload: &[u8]) -> Result<(), AmqpError> {
+        let (class_id, method_id) = crate::codec::publish::BASIC_PUBLISH;
+        let args = parse_publish(payload).map_err(|_| {
+            AmqpError::frame_error("malformed basic.publish").during(class_id, method_id)
+        })?;
+        if self.state(ch).pending.is_some() {
+            return Err(AmqpError::unexpected_frame(
+                "basic.publish before the previous message's content was complete",
+            )
+            .during(class_id, method_id));
+        }
+        if args.immediate {
+            return Err(AmqpError::not_implemented(
+                "immediate=true is not supported (as in RabbitMQ)",
+            )
+            .during(class_id, method_id));
+        }
+        self.state(ch).pending = Some(PendingPublish {
+            exchange: args.exchange.to_owned(),
+            routing_key: args.routing_key.to_owned(),
+            mandatory: args.mandatory,
+            header: None,
+            body: BytesMut::new(),
+        });
+        Ok(())
+    }
+
+    /// A content header or body frame.
+    pub(super) fn on_content(&mut self, ch: u16, frame: RawFrame) -> Result<(), AmqpError> {
+        let max = self.broker.config.max_message_size;
+        let state = self.state(ch);
+        let Some(pending) = state.pending.as_mut() else {
+            return Err(AmqpError::unexpected_frame(
+                "content frame without a preceding basic.publish",
+            ));
+        };
+        match (frame.kind, &pending.header) {
+            (FRAME_HEADER, None) => {
+                let header =
+                    parse_content_header(&frame.payload).map_err(AmqpError::frame_error)?;
+                if header.class_id != CLASS_BASIC {
+                    return Err(AmqpError::frame_error(format!(
+                        "content header of class {}; only basic (60) has content",
+                        header.class_id
+                    )));
+                }
+                if header.body_size > max {
+                    state.pending = None;
+                    return Err(AmqpError::precondition_failed(format!(
+                        "message size {} is larger than the configured max size {max}",
+                        header.body_size
+                    ))
+                    .during(60, 40));
+                }
+                let complete = header.body_size == 0;
+                pending.header = Some((Bytes::copy_from_slice(&frame.payload), header));
+                if complete {
+                    return self.complete_publish(ch, Bytes::new());
+                }
+            }
+            (FRAME_BODY, Some((_, header))) => {
+                let expected = header.body_size as usize;
+                if pending.body.len() + frame.payload.len() > expected {
+                    return Err(AmqpError::frame_error(format!(
+                        "message body larger than the {expected} bytes its header announced"
+                    )));
+                }
+                if pending.body.is_empty() && frame.payload.len() == expected {
+                    return self.complete_publish(ch, Bytes::copy_from_slice(&frame.payload));
+                }
+                if pending.body.is_empty() {
+                    pending.body.reserve(expected);
+                }
+                pending.body.extend_from_slice(&frame.payload);
+                if pending.body.len() == expected {
+                    let body = std::mem::take(&mut pending.body).freeze();
+                    return self.complete_publish(ch, body);
+                }
+            }
+            (FRAME_HEADER, Some(_)) => {
+                return Err(AmqpError::unexpected_frame(
+                    "second content header for one message",
+                ));
+            }
+            _ => {
+                return Err(AmqpError::unexpected_frame(
+                    "content body frame before its content header",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn complete_publish(&mut self, ch: u16, body: Bytes) -> Result<(), AmqpError> {
+        let state = self.state(ch);
+        let Some(PendingPublish {
+            exchange,
+            routing_key,
+            mandatory,
+            header: Some((mut header_bytes, header)),
+            ..
+        }) = state.pending.take()
+        else {
+            return Ok(());
+        };
+        let confirm_tag = state.next_confirm;
+        if let Some(tag) = confirm_tag {
+            state.next_confirm = Some(tag + 1);
+        }
+        let during = |e: AmqpError| e.during(60, 40);
+        if let Some(range) = &header.user_id {
+            let user_id = &header_bytes[range.clone()];
+            if user_id != self.tuning.user.as_bytes() {
+                return Err(during(AmqpError::precondition_failed(format!(
+                    "user_id property set to '{}' but authenticated user was '{}'",
+                    String::from_utf8_lossy(user_id),
+                    self.tuning.user
+                ))));
+            }
+        }
+        let mut extra_keys = Vec::new();
+        let headers = header
+            .headers
+            .as_ref()
+            .and_then(|range| headers_table(&header_bytes, range));
+        if let Some(table) = &headers {
+            extra_keys.extend(routing_keys(table, "CC"));
+            if table.contains_key("BCC") {
+                extra_keys.extend(routing_keys(table, "BCC"));
+                header_bytes = without_bcc(&header_bytes)
+                    .map(Bytes::from)
+                    .unwrap_or(header_bytes);
+            }
+        }
+        let msg = Arc::new(Message {
+            exchange: exchange.as_str().into(),
+            routing_key: routing_key.into(),
+            header: header_bytes,
+            body,
+            persistent: header.persistent,
+        });
+        let routed = self
+            .broker
+            .vhost
+            .lock()
+            .publish(&exchange, &extra_keys, headers.as_ref(), msg.clone())
+            .map_err(during)?;
+        let out = ChannelOut {
+            channel: ch,
+            frame_max: self.tuning.frame_max,
+        };
+        self.outbox.push(|buf| {
+            if routed == Routed::Unroutable && mandatory {
+                let origin = Origin {
+                    exchange: &msg.exchange,
+                    routing_key: &msg.routing_key,
+                };
+                let content = Content {
+                    header: &msg.header,
+                    body: &msg.body,
+                };
+                put_return(buf, out, code::NO_ROUTE, "NO_ROUTE", origin, content);
+            }
+            if let Some(tag) = confirm_tag {
+                put_ack(buf, ch, tag, false);
+            }
+        });
+        Ok(())
+    }
+
+    pub(super) fn on_confirm(
+        &mut self,
+        ch: u16,
+        method: confirm::AMQPMethod,
+    ) -> Result<(), AmqpError> {
+        match method {
+            confirm::AMQPMethod::Select(m) => {
+                let state = self.state(ch);
+                if state.next_confirm.is_none() {
+                    state.next_confirm = Some(1);
+                }
+                if !m.nowait {
+                    self.send(
+                        ch,
+                        &AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                    );
+                }
+                Ok(())
+            }
+            other => Err(AmqpError::command_invalid(format!(
+                "{other:?} is sent by servers, not clients"
+            ))),
+        }
+    }
+}

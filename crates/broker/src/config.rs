@@ -1,0 +1,72 @@
+//! The broker's settings, with their documented defaults. Every bound the broker
+//! enforces is here.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `frame_max` proposed in `connection.tune` (RabbitMQ's default).
+pub const DEFAULT_FRAME_MAX: u32 = 131_072;
+/// The smallest `frame_max` a client may ask for (the 0-9-1 XML spec's `frame-min-size`).
+pub const FRAME_MIN_SIZE: u32 = 4096;
+/// `channel_max` proposed in `connection.tune` (RabbitMQ's default).
+pub const DEFAULT_CHANNEL_MAX: u16 = 2047;
+/// Heartbeat proposed in `connection.tune`, in seconds (RabbitMQ's default).
+pub const DEFAULT_HEARTBEAT_SECS: u16 = 60;
+/// Largest message body accepted.
+pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 16 * 1024 * 1024;
+/// Simultaneous client connections; further clients wait to be accepted.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 65_536;
+/// Time a client has to complete the handshake (RabbitMQ: 10 s).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a closing peer has to answer `close` with `close-ok`.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bytes queued for one connection's socket above which deliveries to it pause and its
+/// own frames stop being read, until the socket drains.
+pub const OUTBOX_HIGH_WATER: usize = 1024 * 1024;
+
+/// A user of the PLAIN and AMQPLAIN mechanisms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub password: String,
+    /// Accepted only from loopback addresses, as RabbitMQ treats `guest`.
+    pub loopback_only: bool,
+}
+
+impl User {
+    /// `guest`/`guest`, accepted from loopback only.
+    pub fn guest() -> Self {
+        Self {
+            name: "guest".into(),
+            password: "guest".into(),
+            loopback_only: true,
+        }
+    }
+}
+
+/// Everything the broker can be told.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub users: Vec<User>,
+    pub frame_max: u32,
+    pub channel_max: u16,
+    pub heartbeat_secs: u16,
+    pub max_message_size: u64,
+    pub max_connections: usize,
+    /// Where durable state will live (used by the store once durability lands).
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            users: vec![User::guest()],
+            frame_max: DEFAULT_FRAME_MAX,
+            channel_max: DEFAULT_CHANNEL_MAX,
+            heartbeat_secs: DEFAULT_HEARTBEAT_SECS,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            data_dir: None,
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! The connection handshake: protocol header, `start`/`start-ok` with authentication,
+//! `tune`/`tune-ok`, `open`/`open-ok`. It runs on the whole socket before the
+//! connection splits into its reader and writer.
+
+use super::auth::{MECHANISMS, authenticate};
+use crate::codec::frame::next_frame;
+use crate::codec::method::{parse_method, put_method};
+use crate::codec::{FRAME_HEARTBEAT, FRAME_METHOD, PROTOCOL_HEADER};
+use crate::config::{BrokerConfig, CLOSE_TIMEOUT, FRAME_MIN_SIZE};
+use crate::error::AmqpError;
+use amq_protocol::protocol::{AMQPClass, connection};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString};
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// What the handshake settled.
+#[derive(Debug, Clone)]
+pub struct Negotiated {
+    pub frame_max: u32,
+    pub channel_max: u16,
+    /// Seconds; 0 disables heartbeats.
+    pub heartbeat: u16,
+    pub user: String,
+    /// The client understands `basic.cancel` from the broker.
+    pub cancel_notify: bool,
+}
+
+/// Why a handshake ended without an open connection.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("client sent a protocol header other than AMQP 0-9-1")]
+    BadProtocolHeader,
+    #[error("refused: {0}")]
+    Refused(AmqpError),
+    #[error("client broke the tune negotiation: {0}")]
+    BadTune(String),
+    #[error("connection closed by the client during the handshake")]
+    Closed,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs the handshake on `stream`. Not cancel-safe: callers bound it with a timeout and
+/// drop the socket when it fires.
+pub async fn handshake(
+    stream: &mut TcpStream,
+    rbuf: &mut BytesMut,
+    peer: SocketAddr,
+    config: &BrokerConfig,
+) -> Result<Negotiated, HandshakeError> {
+    while rbuf.len() < PROTOCOL_HEADER.len() {
+        if stream.read_buf(rbuf).await? == 0 {
+            return Err(HandshakeError::Closed);
+        }
+    }
+    if &rbuf[..PROTOCOL_HEADER.len()] != PROTOCOL_HEADER {
+        stream.write_all(PROTOCOL_HEADER).await?;
+        return Err(HandshakeError::BadProtocolHeader);
+    }
+    let _ = rbuf.split_to(PROTOCOL_HEADER.len());
+
+    send(stream, start_method()).await?;
+    let start_ok = match read_method(stream, rbuf, config.frame_max).await? {
+        AMQPClass::Connection(connection::AMQPMethod::StartOk(m)) => m,
+        _ => {
+            return refuse(
+                stream,
+                rbuf,
+                AmqpError::command_invalid("expected 'connection.start-ok'"),
+                config,
+            )
+            .await;
+        }
+    };
+    let user = match authenticate(
+        start_ok.mechanism.as_str(),
+        start_ok.response.as_bytes(),
+        peer.ip(),
+        &config.users,
+    ) {
+        Ok(user) => user,
+        Err(reason) => {
+            return refuse(stream, rbuf, AmqpError::access_refused(reason), config).await;
+        }
+    };
+    let cancel_notify = client_capability(&start_ok.client_properties, "consumer_cancel_notify");
+
+    send(
+        stream,
+        AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
+            channel_max: config.channel_max,
+            frame_max: config.frame_max,
+            heartbeat: config.heartbeat_secs,
+        })),
+    )
+    .await?;
+    let tune_ok = match read_method(stream, rbuf, config.frame_max).await? {
+        AMQPClass::Connection(connection::AMQPMethod::TuneOk(m)) => m,
+        _ => {
+            return refuse(
+                stream,
+                rbuf,
+                AmqpError::command_invalid("expected 'connection.tune-ok'"),
+                config,
+            )
+            .await;
+        }
+    };
+    let frame_max = match tune_ok.frame_max {
+        0 => config.frame_max,
+        n if n < FRAME_MIN_SIZE || n > config.frame_max => {
+            return Err(HandshakeError::BadTune(format!(
+                "frame_max {n} outside {FRAME_MIN_SIZE}..={}",
+                config.frame_max
+            )));
+        }
+        n => n,
+    };
+    let channel_max = match tune_ok.channel_max {
+        0 => config.channel_max,
+        n if n > config.channel_max => {
+            return Err(HandshakeError::BadTune(format!(
+                "channel_max {n} above {}",
+                config.channel_max
+            )));
+        }
+        n => n,
+    };
+
+    match read_method(stream, rbuf, frame_max).await? {
+        AMQPClass::Connection(connection::AMQPMethod::Open(open))
+            if open.virtual_host.as_str() == "/" => {}
+        AMQPClass::Connection(connection::AMQPMethod::Open(open)) => {
+            let err = AmqpError::not_allowed(format!(
+                "vhost '{}' not found; this broker serves only '/'",
+                open.virtual_host
+            ));
+            return refuse(stream, rbuf, err, config).await;
+        }
+        _ => {
+            return refuse(
+                stream,
+                rbuf,
+                AmqpError::command_invalid("expected 'connection.open'"),
+                config,
+            )
+            .await;
+        }
+    }
+    send(
+        stream,
+        AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
+    )
+    .await?;
+    Ok(Negotiated {
+        frame_max,
+        channel_max,
+        heartbeat: tune_ok.heartbeat,
+        user,
+        cancel_notify,
+    })
+}
+
+fn start_method() -> AMQPClass {
+    let mut capabilities = FieldTable::default();
+    for cap in [
+        "publisher_confirms",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "per_consumer_qos",
+        "authentication_failure_close",
+        "connection.blocked",
+    ] {
+        capabilities.insert(cap.into(), AMQPValue::Boolean(true));
+    }
+    let mut props = FieldTable::default();
+    let text = |s: &str| AMQPValue::LongString(LongString::from(s));
+    props.insert("product".into(), text(dispatch_common::PRODUCT));
+    props.insert("version".into(), text(dispatch_common::VERSION));
+    props.insert("platform".into(), text("Rust"));
+    props.insert(
+        "information".into(),
+        text("dispatch embedded AMQP 0-9-1 broker"),
+    );
+    props.insert("capabilities".into(), AMQPValue::FieldTable(capabilities));
+    AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
+        version_major: 0,
+        version_minor: 9,
+        server_properties: props,
+        mechanisms: LongString::from(MECHANISMS),
+        locales: LongString::from("en_US"),
+    }))
+}
+
+fn client_capability(props: &FieldTable, name: &str) -> bool {
+    let Some(AMQPValue::FieldTable(caps)) = props.inner().get("capabilities") else {
+        return false;
+    };
+    matches!(caps.inner().get(name), Some(AMQPValue::Boolean(true)))
+}
+
+async fn send(stream: &mut TcpStream, method: AMQPClass) -> std::io::Result<()> {
+    let mut out = Vec::new();
+    put_method(&mut out, 0, &method);
+    stream.write_all(&out).await
+}
+
+/// Reads the next method on channel 0, skipping heartbeats.
+async fn read_method(
+    stream: &mut TcpStream,
+    rbuf: &mut BytesMut,
+    frame_max: u32,
+) -> Result<AMQPClass, HandshakeError> {
+    loop {
+        let frame = match next_frame(rbuf, frame_max) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => {
+                if stream.read_buf(rbuf).await? == 0 {
+                    return Err(HandshakeError::Closed);
+                }
+                continue;
+            }
+            Err(e) => return Err(HandshakeError::Refused(AmqpError::frame_error(e))),
+        };
+        match (frame.kind, frame.channel) {
+            (FRAME_HEARTBEAT, _) => continue,
+            (FRAME_METHOD, 0) => {
+                return parse_method(&frame.payload)
+                    .map_err(|e| HandshakeError::Refused(AmqpError::frame_error(e)));
+            }
+            _ => {
+                return Err(HandshakeError::Refused(AmqpError::unexpected_frame(
+                    "only connection methods are allowed before connection.open-ok",
+                )));
+            }
+        }
+    }
+}
+
+/// Sends `connection.close` with `err`, waits briefly for `close-ok`, and fails the
+/// handshake.
+async fn refuse<T>(
+    stream: &mut TcpStream,
+    rbuf: &mut BytesMut,
+    err: AmqpError,
+    config: &BrokerConfig,
+) -> Result<T, HandshakeError> {
+    let close = AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+        reply_code: err.code,
+        reply_text: err.text.as_str().into(),
+        class_id: err.class_id,
+        method_id: err.method_id,
+    }));
+    send(stream, close).await?;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        while let Ok(method) = read_method(stream, rbuf, config.frame_max).await {
+            if matches!(
+                method,
+                AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))
+            ) {
+                break;
+            }
+        }
+    })
+    .await;
+    Err(HandshakeError::Refused(err))
+}

@@ -1,0 +1,264 @@
+//! One client connection, from accept to close.
+//!
+//! After the [`handshake`], the socket splits: this task reads frames and handles each
+//! one in order (channel methods in [`crate::channel`]), writing replies into the
+//! connection's [`Outbox`]; the [`writer`] task drains that outbox into the socket.
+//! Reading pauses while the outbox is over its bound, so a client that does not read
+//! cannot make the broker buffer without limit. A peer silent for two heartbeat
+//! intervals is dead. Connection errors send `connection.close` and wait (bounded) for
+//! `close-ok`; broker shutdown does the same with 320 CONNECTION_FORCED.
+
+pub mod auth;
+pub mod handshake;
+mod writer;
+
+use crate::broker::Broker;
+use crate::channel::ChannelState;
+use crate::codec::frame::{RawFrame, next_frame};
+use crate::codec::method::{method_ids, parse_method, put_method};
+use crate::codec::{FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD};
+use crate::config::{CLOSE_TIMEOUT, HANDSHAKE_TIMEOUT, OUTBOX_HIGH_WATER};
+use crate::error::{AmqpError, code};
+use crate::outbox::Outbox;
+use crate::queue::ConnId;
+use amq_protocol::protocol::{AMQPClass, connection};
+use bytes::BytesMut;
+use handshake::{Negotiated, handshake};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio_util::sync::CancellationToken;
+
+/// Initial read buffer; it grows to the largest frame seen, at most `frame_max`.
+const READ_BUFFER: usize = 4096;
+
+/// What the reader does after a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flow {
+    Continue,
+    /// The connection is finished (close handshake done, or the peer must be dropped).
+    Done,
+}
+
+/// The reader side of an open connection.
+pub struct Connection {
+    pub(crate) id: ConnId,
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) outbox: Arc<Outbox>,
+    pub(crate) tuning: Negotiated,
+    pub(crate) channels: HashMap<u16, ChannelState>,
+    /// `connection.close` was sent; only `close-ok` (or a crossing `close`) matters now.
+    closing: bool,
+}
+
+/// Serves one accepted socket until it closes or `shutdown` fires. Never panics on
+/// client input; every exit path releases the connection's queues and consumers.
+pub async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut rbuf = BytesMut::with_capacity(READ_BUFFER);
+    let tuning = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake(&mut stream, &mut rbuf, peer, &broker.config),
+    )
+    .await
+    {
+        Ok(Ok(tuning)) => tuning,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, "handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "handshake timed out after {HANDSHAKE_TIMEOUT:?}");
+            return;
+        }
+    };
+    let id = broker.next_connection_id();
+    tracing::debug!(%peer, conn = id, user = %tuning.user, "connection open");
+    let (reader, writer) = stream.into_split();
+    let outbox = Arc::new(Outbox::new(OUTBOX_HIGH_WATER));
+    let heartbeat =
+        (tuning.heartbeat > 0).then(|| Duration::from_secs(u64::from(tuning.heartbeat)));
+    let writer = tokio::spawn(writer::run(
+        writer,
+        outbox.clone(),
+        heartbeat.map(|h| h / 2),
+        broker.clone(),
+        id,
+    ));
+    let mut conn = Connection {
+        id,
+        broker: broker.clone(),
+        outbox: outbox.clone(),
+        tuning,
+        channels: HashMap::new(),
+        closing: false,
+    };
+    conn.read_loop(reader, rbuf, heartbeat, shutdown).await;
+    broker.vhost.lock().close_connection(id);
+    outbox.close();
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer).await;
+    tracing::debug!(%peer, conn = id, "connection closed");
+}
+
+impl Connection {
+    async fn read_loop(
+        &mut self,
+        mut reader: OwnedReadHalf,
+        mut rbuf: BytesMut,
+        heartbeat: Option<Duration>,
+        shutdown: CancellationToken,
+    ) {
+        // A peer is dead after two silent heartbeat intervals.
+        let idle_limit = heartbeat.map_or(Duration::MAX, |h| h * 2);
+        let mut close_deadline: Option<tokio::time::Instant> = None;
+        loop {
+            loop {
+                match next_frame(&mut rbuf, self.tuning.frame_max) {
+                    Ok(Some(frame)) => {
+                        if self.on_frame(frame) == Flow::Done {
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.close_connection(AmqpError::frame_error(e));
+                        // Nothing more can be parsed from this stream; the close is sent.
+                        return;
+                    }
+                }
+            }
+            if self.closing && close_deadline.is_none() {
+                close_deadline = Some(tokio::time::Instant::now() + CLOSE_TIMEOUT);
+            }
+            let wait = close_deadline.map_or(idle_limit, |d| {
+                d.saturating_duration_since(tokio::time::Instant::now())
+            });
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled(), if !self.closing => {
+                    self.close_connection(AmqpError::new(code::CONNECTION_FORCED, "broker shutdown"));
+                }
+                () = self.outbox.wait_for_room() => {
+                    if self.outbox.is_closed() {
+                        return;
+                    }
+                    match tokio::time::timeout(wait, reader.read_buf(&mut rbuf)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) => return,
+                        Ok(Ok(_)) => {}
+                        Err(_) if self.closing => return,
+                        Err(_) => {
+                            tracing::info!(conn = self.id, "missed heartbeats from client; closing the connection");
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one frame. Connection errors are reported here and end the connection.
+    fn on_frame(&mut self, frame: RawFrame) -> Flow {
+        if self.closing {
+            return self.on_frame_while_closing(&frame);
+        }
+        let result = match (frame.kind, frame.channel) {
+            (FRAME_HEARTBEAT, 0) => Ok(Flow::Continue),
+            (FRAME_HEARTBEAT, _) => Err(AmqpError::frame_error(
+                "heartbeat frame on a non-zero channel",
+            )),
+            (FRAME_METHOD, 0) => self.on_connection_method(&frame.payload),
+            (FRAME_HEADER | FRAME_BODY, 0) => {
+                Err(AmqpError::command_invalid("content frame on channel 0"))
+            }
+            (_, channel) if channel > self.tuning.channel_max => {
+                Err(AmqpError::channel_error(format!(
+                    "channel id {channel} exceeds the negotiated channel_max {}",
+                    self.tuning.channel_max
+                )))
+            }
+            _ => self.on_channel_frame(frame).map(|()| Flow::Continue),
+        };
+        match result {
+            Ok(flow) => flow,
+            Err(err) => {
+                self.close_connection(err);
+                Flow::Continue
+            }
+        }
+    }
+
+    fn on_frame_while_closing(&mut self, frame: &RawFrame) -> Flow {
+        if frame.kind != FRAME_METHOD || frame.channel != 0 {
+            return Flow::Continue;
+        }
+        match parse_method(&frame.payload) {
+            Ok(AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) => Flow::Done,
+            Ok(AMQPClass::Connection(connection::AMQPMethod::Close(_))) => {
+                self.send(
+                    0,
+                    &AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                );
+                Flow::Done
+            }
+            _ => Flow::Continue,
+        }
+    }
+
+    fn on_connection_method(&mut self, payload: &[u8]) -> Result<Flow, AmqpError> {
+        let (class_id, method_id) = method_ids(payload);
+        let method = parse_method(payload)
+            .map_err(|e| AmqpError::frame_error(e).during(class_id, method_id))?;
+        match method {
+            AMQPClass::Connection(connection::AMQPMethod::Close(close)) => {
+                tracing::debug!(conn = self.id, code = close.reply_code, text = %close.reply_text, "client closed the connection");
+                self.send(
+                    0,
+                    &AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                );
+                Ok(Flow::Done)
+            }
+            AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_)) => Err(
+                AmqpError::not_implemented("connection.update-secret is not supported")
+                    .during(class_id, method_id),
+            ),
+            _ => Err(AmqpError::command_invalid(format!(
+                "method {class_id}.{method_id} is not allowed on channel 0"
+            ))
+            .during(class_id, method_id)),
+        }
+    }
+
+    /// Sends `connection.close` and waits (in the read loop) for `close-ok`.
+    pub(crate) fn close_connection(&mut self, err: AmqpError) {
+        if err.code == code::CONNECTION_FORCED {
+            tracing::debug!(conn = self.id, "closing connection: {err}");
+        } else {
+            tracing::info!(conn = self.id, "closing connection on error: {err}");
+        }
+        let close = AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+            reply_code: err.code,
+            reply_text: err.text.as_str().into(),
+            class_id: err.class_id,
+            method_id: err.method_id,
+        }));
+        self.send(0, &close);
+        self.closing = true;
+        // Nothing more is delivered on a closing connection.
+        self.broker.vhost.lock().close_connection(self.id);
+        self.channels.clear();
+    }
+
+    /// Queues a method frame for the client.
+    pub(crate) fn send(&self, channel: u16, method: &AMQPClass) {
+        self.outbox.push(|out| put_method(out, channel, method));
+    }
+}

@@ -1,0 +1,312 @@
+//! Exchanges and their bindings: which queues a message goes to.
+//!
+//! Bindings without wildcards (all of a direct exchange's, and topic patterns with no
+//! `*` or `#`) are found by hash lookup; topic patterns with wildcards, fanout and
+//! headers bindings are scanned.
+
+use amq_protocol::types::{AMQPValue, FieldTable};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The four exchange types of AMQP 0-9-1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeKind {
+    Direct,
+    Fanout,
+    Topic,
+    Headers,
+}
+
+impl ExchangeKind {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "direct" => Some(Self::Direct),
+            "fanout" => Some(Self::Fanout),
+            "topic" => Some(Self::Topic),
+            "headers" => Some(Self::Headers),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Fanout => "fanout",
+            Self::Topic => "topic",
+            Self::Headers => "headers",
+        }
+    }
+}
+
+/// One binding of a queue to an exchange.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Binding {
+    pub queue: Arc<str>,
+    pub routing_key: Box<str>,
+    pub arguments: FieldTable,
+}
+
+/// An exchange with its bindings.
+#[derive(Debug)]
+pub struct Exchange {
+    pub name: Arc<str>,
+    pub kind: ExchangeKind,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+    bindings: Vec<Binding>,
+    /// Exact routing keys → queues, for bindings that need no pattern matching.
+    exact: HashMap<Box<str>, Vec<Arc<str>>>,
+    /// Topic bindings with wildcards, split into words once.
+    patterns: Vec<(Vec<Box<str>>, Arc<str>)>,
+}
+
+impl Exchange {
+    pub fn new(
+        name: &str,
+        kind: ExchangeKind,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: FieldTable,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            durable,
+            auto_delete,
+            internal,
+            arguments,
+            bindings: Vec::new(),
+            exact: HashMap::new(),
+            patterns: Vec::new(),
+        }
+    }
+
+    pub fn has_bindings(&self) -> bool {
+        !self.bindings.is_empty()
+    }
+
+    fn is_exact(&self, routing_key: &str) -> bool {
+        match self.kind {
+            ExchangeKind::Direct => true,
+            ExchangeKind::Topic => !routing_key.split('.').any(|w| w == "*" || w == "#"),
+            ExchangeKind::Fanout | ExchangeKind::Headers => false,
+        }
+    }
+
+    /// Adds a binding; binding the same queue, key and arguments again changes nothing.
+    pub fn bind(&mut self, binding: Binding) {
+        if self.bindings.contains(&binding) {
+            return;
+        }
+        if self.is_exact(&binding.routing_key) {
+            let queues = self.exact.entry(binding.routing_key.clone()).or_default();
+            if !queues.contains(&binding.queue) {
+                queues.push(binding.queue.clone());
+            }
+        } else if self.kind == ExchangeKind::Topic {
+            let words = binding.routing_key.split('.').map(Box::from).collect();
+            self.patterns.push((words, binding.queue.clone()));
+        }
+        self.bindings.push(binding);
+    }
+
+    /// Removes a binding; returns whether it existed.
+    pub fn unbind(&mut self, binding: &Binding) -> bool {
+        let Some(at) = self.bindings.iter().position(|b| b == binding) else {
+            return false;
+        };
+        let removed = self.bindings.remove(at);
+        self.forget_route(&removed);
+        true
+    }
+
+    /// Removes every binding to `queue`.
+    pub fn unbind_queue(&mut self, queue: &str) {
+        let (gone, kept) = std::mem::take(&mut self.bindings)
+            .into_iter()
+            .partition::<Vec<_>, _>(|b| &*b.queue == queue);
+        self.bindings = kept;
+        for binding in &gone {
+            self.forget_route(binding);
+        }
+    }
+
+    fn forget_route(&mut self, removed: &Binding) {
+        // Another binding with other arguments may still route the same key to the queue.
+        let still_routed = self
+            .bindings
+            .iter()
+            .any(|b| b.queue == removed.queue && b.routing_key == removed.routing_key);
+        if still_routed {
+            return;
+        }
+        if self.is_exact(&removed.routing_key) {
+            if let Some(queues) = self.exact.get_mut(&removed.routing_key) {
+                queues.retain(|q| *q != removed.queue);
+                if queues.is_empty() {
+                    self.exact.remove(&removed.routing_key);
+                }
+            }
+        } else if self.kind == ExchangeKind::Topic {
+            self.patterns.retain(|(words, queue)| {
+                !(*queue == removed.queue && words.join(".") == *removed.routing_key)
+            });
+        }
+    }
+
+    /// Appends the queues a message with `routing_key` and `headers` goes to; the caller
+    /// removes duplicates.
+    pub fn route(&self, routing_key: &str, headers: Option<&FieldTable>, out: &mut Vec<Arc<str>>) {
+        match self.kind {
+            ExchangeKind::Fanout => out.extend(self.bindings.iter().map(|b| b.queue.clone())),
+            ExchangeKind::Direct => {
+                out.extend(self.exact.get(routing_key).into_iter().flatten().cloned())
+            }
+            ExchangeKind::Topic => {
+                out.extend(self.exact.get(routing_key).into_iter().flatten().cloned());
+                if !self.patterns.is_empty() {
+                    let words: Vec<&str> = routing_key.split('.').collect();
+                    for (pattern, queue) in &self.patterns {
+                        if topic_matches(pattern, &words) {
+                            out.push(queue.clone());
+                        }
+                    }
+                }
+            }
+            ExchangeKind::Headers => {
+                let empty = FieldTable::default();
+                let headers = headers.unwrap_or(&empty);
+                for b in &self.bindings {
+                    if headers_match(&b.arguments, headers) {
+                        out.push(b.queue.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Topic matching: `*` is exactly one word, `#` zero or more. Dynamic programming over
+/// (pattern word, key word), so no pattern can make matching exponential.
+pub fn topic_matches<P: AsRef<str>>(pattern: &[P], key: &[&str]) -> bool {
+    // reachable[j]: the pattern prefix seen so far matches the first j key words.
+    let mut reachable = vec![false; key.len() + 1];
+    reachable[0] = true;
+    for word in pattern {
+        let word = word.as_ref();
+        let mut next = vec![false; key.len() + 1];
+        match word {
+            "#" => {
+                let mut any = false;
+                for j in 0..=key.len() {
+                    any |= reachable[j];
+                    next[j] = any;
+                }
+            }
+            _ => {
+                for j in 0..key.len() {
+                    if reachable[j] && (word == "*" || word == key[j]) {
+                        next[j + 1] = true;
+                    }
+                }
+            }
+        }
+        reachable = next;
+    }
+    reachable[key.len()]
+}
+
+/// Headers exchange matching: `x-match` = `all` (default) or `any` over the binding's
+/// arguments that do not start with `x-`; a void value only asks for the key's presence.
+pub fn headers_match(binding: &FieldTable, headers: &FieldTable) -> bool {
+    let any = matches!(
+        binding.inner().get("x-match"),
+        Some(AMQPValue::LongString(s)) if s.as_bytes().starts_with(b"any")
+    ) || matches!(
+        binding.inner().get("x-match"),
+        Some(AMQPValue::ShortString(s)) if s.as_str().starts_with("any")
+    );
+    let mut wanted = binding
+        .inner()
+        .iter()
+        .filter(|(k, _)| !k.as_str().starts_with("x-"))
+        .peekable();
+    if wanted.peek().is_none() {
+        return !any;
+    }
+    let mut test = wanted.map(|(k, v)| match (v, headers.inner().get(k.as_str())) {
+        (_, None) => false,
+        (AMQPValue::Void, Some(_)) => true,
+        (v, Some(h)) => v == h,
+    });
+    if any {
+        test.any(|ok| ok)
+    } else {
+        test.all(|ok| ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matches(pattern: &str, key: &str) -> bool {
+        let p: Vec<&str> = pattern.split('.').collect();
+        let k: Vec<&str> = key.split('.').collect();
+        topic_matches(&p, &k)
+    }
+
+    #[test]
+    fn star_is_one_word_and_hash_any_number() {
+        assert!(matches("web.*", "web.01"));
+        assert!(!matches("web.*", "web.01.eu"));
+        assert!(!matches("web.*", "web"));
+        assert!(matches("db.#", "db"));
+        assert!(matches("db.#", "db.eu.2"));
+        assert!(matches("#", "anything.at.all"));
+        assert!(matches("#.2", "db.eu.2"));
+        assert!(matches("*.#.2", "db.2"));
+        assert!(!matches("*.*.2", "db.2"));
+        assert!(matches("a.#.b.#.c", "a.x.b.y.z.c"));
+    }
+
+    #[test]
+    fn many_hashes_do_not_blow_up() {
+        let pattern = vec!["#"; 200];
+        let key = vec!["w"; 120];
+        let mut p = pattern.clone();
+        p.push("nope");
+        assert!(topic_matches(&pattern, &key));
+        assert!(!topic_matches(&p, &key));
+    }
+
+    #[test]
+    fn exact_and_pattern_bindings_route_and_unbind() {
+        let mut ex = Exchange::new(
+            "t",
+            ExchangeKind::Topic,
+            false,
+            false,
+            false,
+            FieldTable::default(),
+        );
+        for (q, key) in [("a", "web.01"), ("b", "web.*"), ("c", "#")] {
+            ex.bind(Binding {
+                queue: q.into(),
+                routing_key: key.into(),
+                arguments: FieldTable::default(),
+            });
+        }
+        let mut out = Vec::new();
+        ex.route("web.01", None, &mut out);
+        out.sort();
+        assert_eq!(out, vec![Arc::from("a"), Arc::from("b"), Arc::from("c")]);
+        ex.unbind_queue("b");
+        out.clear();
+        ex.route("web.02", None, &mut out);
+        assert_eq!(out, vec![Arc::from("c")]);
+    }
+}

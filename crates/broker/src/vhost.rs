@@ -1,0 +1,936 @@
+//! The virtual host `/`: exchanges, queues, consumers and every open channel's delivery
+//! state, behind one lock.
+//!
+//! Connection tasks call into [`Vhost::lock`] for each method and hold the lock only for
+//! in-memory work (never across an `.await`). Routing a message, queueing it and writing
+//! its `basic.deliver` into the consumer's outbox all happen under that lock, so a
+//! message never waits in an intermediate channel. Deliveries obey each consumer's
+//! prefetch, the channel's global prefetch, `channel.flow` and the consumer connection's
+//! outbox bound.
+
+use crate::codec::delivery::{ChannelOut, Content, Origin, put_deliver, put_get_ok};
+use crate::codec::method::put_method;
+use crate::error::AmqpError;
+use crate::exchange::{Binding, Exchange, ExchangeKind};
+use crate::message::Message;
+use crate::outbox::Outbox;
+use crate::queue::{ChannelKey, ConnId, Consumer, Queue, Queued};
+use amq_protocol::protocol::{AMQPClass, basic};
+use amq_protocol::types::{AMQPValue, FieldTable};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The shared broker state.
+#[derive(Debug, Default)]
+pub struct Vhost {
+    state: Mutex<State>,
+}
+
+impl Vhost {
+    /// A vhost with the exchanges every AMQP broker predeclares.
+    pub fn new() -> Self {
+        let mut state = State::default();
+        state.exchanges.insert(
+            "".into(),
+            Exchange::new(
+                "",
+                ExchangeKind::Direct,
+                true,
+                false,
+                false,
+                FieldTable::default(),
+            ),
+        );
+        for (name, kind) in [
+            ("amq.direct", ExchangeKind::Direct),
+            ("amq.fanout", ExchangeKind::Fanout),
+            ("amq.topic", ExchangeKind::Topic),
+            ("amq.headers", ExchangeKind::Headers),
+            ("amq.match", ExchangeKind::Headers),
+        ] {
+            state.exchanges.insert(
+                name.into(),
+                Exchange::new(name, kind, true, false, false, FieldTable::default()),
+            );
+        }
+        Self {
+            state: Mutex::new(state),
+        }
+    }
+
+    /// Locks the state for one operation. Never hold the guard across an `.await`.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What the vhost knows of an open channel: where its deliveries go and what is
+/// outstanding on it.
+#[derive(Debug)]
+pub struct OpenChannel {
+    pub outbox: Arc<Outbox>,
+    pub out: ChannelOut,
+    /// The client announced `consumer_cancel_notify`.
+    pub cancel_notify: bool,
+    next_tag: u64,
+    unacked: VecDeque<Unacked>,
+    /// Channel-wide prefetch (`basic.qos` with `global = true`); 0 is unlimited.
+    prefetch_global: u16,
+    /// Prefetch given to consumers created from now on (`global = false`).
+    prefetch_consumer: u16,
+    /// `channel.flow` lets deliveries through.
+    active: bool,
+    /// Consumer tag → queue name.
+    consumers: BTreeMap<Arc<str>, Arc<str>>,
+}
+
+impl OpenChannel {
+    pub fn new(outbox: Arc<Outbox>, out: ChannelOut, cancel_notify: bool) -> Self {
+        Self {
+            outbox,
+            out,
+            cancel_notify,
+            next_tag: 1,
+            unacked: VecDeque::new(),
+            prefetch_global: 0,
+            prefetch_consumer: 0,
+            active: true,
+            consumers: BTreeMap::new(),
+        }
+    }
+
+    fn has_credit(&self) -> bool {
+        self.active
+            && (self.prefetch_global == 0 || self.unacked.len() < usize::from(self.prefetch_global))
+    }
+
+    fn take_tag(&mut self) -> u64 {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        tag
+    }
+
+    /// Removes the unacknowledged deliveries an ack, nack or reject names.
+    fn settle(&mut self, tag: u64, multiple: bool) -> Result<Vec<Unacked>, AmqpError> {
+        if multiple {
+            // As RabbitMQ: everything up to the tag (0: everything), no error if none.
+            let end = if tag == 0 {
+                self.unacked.len()
+            } else {
+                self.unacked.partition_point(|u| u.tag <= tag)
+            };
+            return Ok(self.unacked.drain(..end).collect());
+        }
+        let at = self
+            .unacked
+            .binary_search_by_key(&tag, |u| u.tag)
+            .map_err(|_| AmqpError::precondition_failed(format!("unknown delivery tag {tag}")))?;
+        Ok(self.unacked.remove(at).into_iter().collect())
+    }
+}
+
+/// A delivery awaiting acknowledgement.
+#[derive(Debug)]
+struct Unacked {
+    tag: u64,
+    queue: Arc<str>,
+    queue_id: u64,
+    /// `None` for messages fetched with `basic.get`.
+    consumer: Option<Arc<str>>,
+    msg: Arc<Message>,
+}
+
+/// How `queue.declare` was asked.
+#[derive(Debug, Clone)]
+pub struct QueueSpec {
+    pub name: String,
+    pub passive: bool,
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+}
+
+/// How `exchange.declare` was asked.
+#[derive(Debug, Clone)]
+pub struct ExchangeSpec {
+    pub name: String,
+    pub kind: String,
+    pub passive: bool,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+}
+
+/// How `basic.consume` was asked.
+#[derive(Debug, Clone)]
+pub struct ConsumeSpec {
+    pub queue: String,
+    pub tag: Arc<str>,
+    pub no_ack: bool,
+    pub exclusive: bool,
+}
+
+/// The result of routing one published message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routed {
+    /// Queued on this many queues.
+    Queued(usize),
+    /// No queue matched.
+    Unroutable,
+}
+
+/// The locked state of the vhost.
+#[derive(Debug, Default)]
+pub struct State {
+    exchanges: HashMap<Arc<str>, Exchange>,
+    queues: HashMap<Arc<str>, Queue>,
+    channels: HashMap<ChannelKey, OpenChannel>,
+    next_queue_id: u64,
+    /// Reused routing buffer.
+    route_buf: Vec<Arc<str>>,
+}
+
+fn no_queue(name: &str) -> AmqpError {
+    AmqpError::not_found(format!("no queue '{name}' in vhost '/'"))
+}
+
+fn no_exchange(name: &str) -> AmqpError {
+    AmqpError::not_found(format!("no exchange '{name}' in vhost '/'"))
+}
+
+fn locked(name: &str) -> AmqpError {
+    AmqpError::resource_locked(format!(
+        "cannot obtain exclusive access to locked queue '{name}' in vhost '/'. It was declared exclusive by another connection"
+    ))
+}
+
+fn inequivalent(
+    what: &str,
+    kind: &str,
+    name: &str,
+    received: impl std::fmt::Display,
+    current: impl std::fmt::Display,
+) -> AmqpError {
+    AmqpError::precondition_failed(format!(
+        "inequivalent arg '{what}' for {kind} '{name}' in vhost '/': received '{received}' but current is '{current}'"
+    ))
+}
+
+/// Names the first argument that differs between two argument tables.
+fn argument_difference(
+    received: &FieldTable,
+    current: &FieldTable,
+) -> Option<(String, String, String)> {
+    let show = |v: Option<&AMQPValue>| v.map_or_else(|| "none".to_owned(), |v| format!("{v:?}"));
+    let keys = received.inner().keys().chain(current.inner().keys());
+    for key in keys {
+        let (r, c) = (received.inner().get(key), current.inner().get(key));
+        if r != c {
+            return Some((key.to_string(), show(r), show(c)));
+        }
+    }
+    None
+}
+
+impl State {
+    // ---- channels and connections ----
+
+    pub fn open_channel(&mut self, key: ChannelKey, channel: OpenChannel) {
+        self.channels.insert(key, channel);
+    }
+
+    /// Forgets a channel: its unacknowledged messages go back to their queues with
+    /// `redelivered` set, and its consumers are cancelled.
+    pub fn close_channel(&mut self, key: ChannelKey) {
+        let Some(mut ch) = self.channels.remove(&key) else {
+            return;
+        };
+        let unacked: Vec<Unacked> = ch.unacked.drain(..).collect();
+        let consumers = std::mem::take(&mut ch.consumers);
+        let mut touched = self.requeue(unacked);
+        for (tag, queue) in consumers {
+            self.remove_consumer(&queue, &tag);
+            touched.push(queue);
+        }
+        self.dispatch_all(touched);
+    }
+
+    /// Forgets a connection: its channels close and its exclusive queues are deleted.
+    pub fn close_connection(&mut self, conn: ConnId) {
+        let keys: Vec<ChannelKey> = self
+            .channels
+            .keys()
+            .filter(|k| k.0 == conn)
+            .copied()
+            .collect();
+        for key in keys {
+            self.close_channel(key);
+        }
+        let exclusive: Vec<Arc<str>> = self
+            .queues
+            .values()
+            .filter(|q| q.exclusive_owner == Some(conn))
+            .map(|q| q.name.clone())
+            .collect();
+        for name in exclusive {
+            self.remove_queue(&name);
+        }
+    }
+
+    /// Resumes deliveries to a connection whose outbox has drained.
+    pub fn resume_connection(&mut self, conn: ConnId) {
+        let queues: Vec<Arc<str>> = self
+            .channels
+            .iter()
+            .filter(|(k, _)| k.0 == conn)
+            .flat_map(|(_, ch)| ch.consumers.values().cloned())
+            .collect();
+        self.dispatch_all(queues);
+    }
+
+    fn channel(&mut self, key: ChannelKey) -> &mut OpenChannel {
+        self.channels
+            .get_mut(&key)
+            .expect("method on a channel the vhost does not know")
+    }
+
+    // ---- exchanges ----
+
+    pub fn declare_exchange(&mut self, spec: ExchangeSpec) -> Result<(), AmqpError> {
+        if let Some(ex) = self.exchanges.get(spec.name.as_str()) {
+            if spec.passive {
+                return Ok(());
+            }
+            if ex.kind.as_str() != spec.kind {
+                return Err(inequivalent(
+                    "type",
+                    "exchange",
+                    &spec.name,
+                    &spec.kind,
+                    ex.kind.as_str(),
+                ));
+            }
+            if ex.durable != spec.durable {
+                return Err(inequivalent(
+                    "durable",
+                    "exchange",
+                    &spec.name,
+                    spec.durable,
+                    ex.durable,
+                ));
+            }
+            if ex.auto_delete != spec.auto_delete {
+                return Err(inequivalent(
+                    "auto_delete",
+                    "exchange",
+                    &spec.name,
+                    spec.auto_delete,
+                    ex.auto_delete,
+                ));
+            }
+            if ex.internal != spec.internal {
+                return Err(inequivalent(
+                    "internal",
+                    "exchange",
+                    &spec.name,
+                    spec.internal,
+                    ex.internal,
+                ));
+            }
+            if let Some((arg, r, c)) = argument_difference(&spec.arguments, &ex.arguments) {
+                return Err(inequivalent(&arg, "exchange", &spec.name, r, c));
+            }
+            return Ok(());
+        }
+        if spec.passive {
+            return Err(no_exchange(&spec.name));
+        }
+        if spec.name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "exchange name '{}' contains reserved prefix 'amq.*'",
+                spec.name
+            )));
+        }
+        let kind = ExchangeKind::parse(&spec.kind).ok_or_else(|| {
+            AmqpError::command_invalid(format!(
+                "unknown exchange type '{}' (known: direct, fanout, topic, headers)",
+                spec.kind
+            ))
+        })?;
+        let ex = Exchange::new(
+            &spec.name,
+            kind,
+            spec.durable,
+            spec.auto_delete,
+            spec.internal,
+            spec.arguments,
+        );
+        self.exchanges.insert(ex.name.clone(), ex);
+        Ok(())
+    }
+
+    pub fn delete_exchange(&mut self, name: &str, if_unused: bool) -> Result<(), AmqpError> {
+        if name.is_empty() || name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "operation not permitted on the predeclared exchange '{name}'"
+            )));
+        }
+        let Some(ex) = self.exchanges.get(name) else {
+            return Ok(()); // deleting what is not there succeeds, as in RabbitMQ
+        };
+        if if_unused && ex.has_bindings() {
+            return Err(AmqpError::precondition_failed(format!(
+                "exchange '{name}' in vhost '/' in use"
+            )));
+        }
+        self.exchanges.remove(name);
+        Ok(())
+    }
+
+    // ---- queues ----
+
+    /// Declares (or checks) a queue; returns its name, message count and consumer count.
+    pub fn declare_queue(
+        &mut self,
+        conn: ConnId,
+        spec: QueueSpec,
+    ) -> Result<(Arc<str>, u32, u32), AmqpError> {
+        if let Some(q) = self.queues.get(spec.name.as_str()) {
+            if !q.accessible_by(conn) {
+                return Err(locked(&spec.name));
+            }
+            if !spec.passive {
+                let differs = |what, r: bool, c: bool| {
+                    (r != c).then(|| inequivalent(what, "queue", &spec.name, r, c))
+                };
+                if let Some(err) = differs("durable", spec.durable, q.durable)
+                    .or_else(|| differs("exclusive", spec.exclusive, q.exclusive_owner.is_some()))
+                    .or_else(|| differs("auto_delete", spec.auto_delete, q.auto_delete))
+                {
+                    return Err(err);
+                }
+                if let Some((arg, r, c)) = argument_difference(&spec.arguments, &q.arguments) {
+                    return Err(inequivalent(&arg, "queue", &spec.name, r, c));
+                }
+            }
+            return Ok((q.name.clone(), q.message_count(), q.consumer_count()));
+        }
+        if spec.passive {
+            return Err(no_queue(&spec.name));
+        }
+        if spec.name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "queue name '{}' contains reserved prefix 'amq.*'",
+                spec.name
+            )));
+        }
+        let name: Arc<str> = spec.name.as_str().into();
+        self.create_queue(name, conn, spec)
+    }
+
+    /// Declares a queue with a server-generated `amq.gen-…` name.
+    pub fn declare_server_named_queue(
+        &mut self,
+        conn: ConnId,
+        spec: QueueSpec,
+    ) -> Result<(Arc<str>, u32, u32), AmqpError> {
+        loop {
+            let name: Arc<str> = format!(
+                "{}{}",
+                crate::names::SERVER_NAMED_QUEUE_PREFIX,
+                crate::names::random_token()
+            )
+            .into();
+            if !self.queues.contains_key(&name) {
+                return self.create_queue(name, conn, spec);
+            }
+        }
+    }
+
+    fn create_queue(
+        &mut self,
+        name: Arc<str>,
+        conn: ConnId,
+        spec: QueueSpec,
+    ) -> Result<(Arc<str>, u32, u32), AmqpError> {
+        self.next_queue_id += 1;
+        let queue = Queue {
+            name: name.clone(),
+            id: self.next_queue_id,
+            durable: spec.durable,
+            exclusive_owner: spec.exclusive.then_some(conn),
+            auto_delete: spec.auto_delete,
+            arguments: spec.arguments,
+            ready: VecDeque::new(),
+            consumers: Vec::new(),
+            next_consumer: 0,
+            had_consumer: false,
+        };
+        self.queues.insert(name.clone(), queue);
+        // Every queue is bound to the default exchange under its own name.
+        Ok((name, 0, 0))
+    }
+
+    fn queue_for(&mut self, conn: ConnId, name: &str) -> Result<&mut Queue, AmqpError> {
+        let q = self.queues.get_mut(name).ok_or_else(|| no_queue(name))?;
+        if !q.accessible_by(conn) {
+            return Err(locked(name));
+        }
+        Ok(q)
+    }
+
+    pub fn bind_queue(
+        &mut self,
+        conn: ConnId,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Result<(), AmqpError> {
+        if exchange.is_empty() {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        let queue = self.queue_for(conn, queue)?.name.clone();
+        let ex = self
+            .exchanges
+            .get_mut(exchange)
+            .ok_or_else(|| no_exchange(exchange))?;
+        ex.bind(Binding {
+            queue,
+            routing_key: routing_key.into(),
+            arguments,
+        });
+        Ok(())
+    }
+
+    pub fn unbind_queue(
+        &mut self,
+        conn: ConnId,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Result<(), AmqpError> {
+        if exchange.is_empty() {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        let queue = self.queue_for(conn, queue)?.name.clone();
+        let ex = self
+            .exchanges
+            .get_mut(exchange)
+            .ok_or_else(|| no_exchange(exchange))?;
+        let binding = Binding {
+            queue,
+            routing_key: routing_key.into(),
+            arguments,
+        };
+        if ex.unbind(&binding) && ex.auto_delete && !ex.has_bindings() {
+            let name = ex.name.clone();
+            self.exchanges.remove(&name);
+        }
+        Ok(())
+    }
+
+    pub fn purge_queue(&mut self, conn: ConnId, name: &str) -> Result<u32, AmqpError> {
+        let q = self.queue_for(conn, name)?;
+        let count = q.message_count();
+        q.ready.clear();
+        Ok(count)
+    }
+
+    pub fn delete_queue(
+        &mut self,
+        conn: ConnId,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> Result<u32, AmqpError> {
+        let Some(q) = self.queues.get(name) else {
+            return Ok(0); // deleting what is not there succeeds, as in RabbitMQ
+        };
+        if !q.accessible_by(conn) {
+            return Err(locked(name));
+        }
+        if if_unused && !q.consumers.is_empty() {
+            return Err(AmqpError::precondition_failed(format!(
+                "queue '{name}' in vhost '/' in use"
+            )));
+        }
+        if if_empty && !q.ready.is_empty() {
+            return Err(AmqpError::precondition_failed(format!(
+                "queue '{name}' in vhost '/' is not empty"
+            )));
+        }
+        Ok(self.remove_queue(name))
+    }
+
+    /// Removes a queue and its bindings; its consumers are told with `basic.cancel`.
+    fn remove_queue(&mut self, name: &str) -> u32 {
+        let Some(q) = self.queues.remove(name) else {
+            return 0;
+        };
+        for consumer in &q.consumers {
+            let Some(ch) = self.channels.get_mut(&consumer.channel) else {
+                continue;
+            };
+            ch.consumers.remove(&consumer.tag);
+            if ch.cancel_notify {
+                let cancel = AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                    consumer_tag: consumer.tag.as_ref().into(),
+                    nowait: true,
+                }));
+                let channel = ch.out.channel;
+                ch.outbox.push(|out| put_method(out, channel, &cancel));
+            }
+        }
+        let mut emptied = Vec::new();
+        for ex in self.exchanges.values_mut() {
+            let had = ex.has_bindings();
+            ex.unbind_queue(name);
+            if had && ex.auto_delete && !ex.has_bindings() {
+                emptied.push(ex.name.clone());
+            }
+        }
+        for ex in emptied {
+            self.exchanges.remove(&ex);
+        }
+        q.message_count()
+    }
+
+    // ---- consumers ----
+
+    /// Checks that the channel may start consuming `queue`.
+    pub fn check_consumable(
+        &mut self,
+        key: ChannelKey,
+        queue: &str,
+        exclusive: bool,
+    ) -> Result<(), AmqpError> {
+        let q = self.queue_for(key.0, queue)?;
+        if q.consumers.iter().any(|c| c.exclusive) {
+            return Err(AmqpError::access_refused(format!(
+                "queue '{queue}' in vhost '/' in exclusive use"
+            )));
+        }
+        if exclusive && !q.consumers.is_empty() {
+            return Err(AmqpError::access_refused(format!(
+                "cannot obtain exclusive access to queue '{queue}' in vhost '/': it has consumers"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Adds a consumer (after [`State::check_consumable`]) and starts delivering to it.
+    pub fn consume(&mut self, key: ChannelKey, spec: ConsumeSpec) -> Result<(), AmqpError> {
+        self.check_consumable(key, &spec.queue, spec.exclusive)?;
+        let prefetch = self.channel(key).prefetch_consumer;
+        let q = self.queue_for(key.0, &spec.queue)?;
+        q.consumers.push(Consumer {
+            tag: spec.tag.clone(),
+            channel: key,
+            no_ack: spec.no_ack,
+            exclusive: spec.exclusive,
+            prefetch,
+            unacked: 0,
+        });
+        q.had_consumer = true;
+        let queue = q.name.clone();
+        self.channel(key).consumers.insert(spec.tag, queue.clone());
+        self.dispatch(&queue);
+        Ok(())
+    }
+
+    pub fn has_consumer(&mut self, key: ChannelKey, tag: &str) -> bool {
+        self.channel(key).consumers.contains_key(tag)
+    }
+
+    /// Cancels a consumer; unknown tags are ignored, as the spec asks.
+    pub fn cancel(&mut self, key: ChannelKey, tag: &str) {
+        if let Some(queue) = self.channel(key).consumers.remove(tag) {
+            self.remove_consumer(&queue, tag);
+        }
+    }
+
+    fn remove_consumer(&mut self, queue: &str, tag: &str) {
+        let Some(q) = self.queues.get_mut(queue) else {
+            return;
+        };
+        q.consumers.retain(|c| &*c.tag != tag);
+        if q.auto_delete && q.had_consumer && q.consumers.is_empty() {
+            self.remove_queue(queue);
+        }
+    }
+
+    pub fn qos(&mut self, key: ChannelKey, prefetch_count: u16, global: bool) {
+        let ch = self.channel(key);
+        if global {
+            ch.prefetch_global = prefetch_count;
+        } else {
+            ch.prefetch_consumer = prefetch_count;
+        }
+        let queues: Vec<Arc<str>> = ch.consumers.values().cloned().collect();
+        self.dispatch_all(queues);
+    }
+
+    pub fn flow(&mut self, key: ChannelKey, active: bool) {
+        let ch = self.channel(key);
+        ch.active = active;
+        let queues: Vec<Arc<str>> = ch.consumers.values().cloned().collect();
+        self.dispatch_all(queues);
+    }
+
+    // ---- publishing ----
+
+    /// Routes a message through `exchange` (plus the `CC`/`BCC` keys) and queues it.
+    /// An unroutable message is dropped; the caller returns it when it was mandatory.
+    pub fn publish(
+        &mut self,
+        exchange: &str,
+        extra_keys: &[String],
+        headers: Option<&FieldTable>,
+        msg: Arc<Message>,
+    ) -> Result<Routed, AmqpError> {
+        let ex = self
+            .exchanges
+            .get(exchange)
+            .ok_or_else(|| no_exchange(exchange))?;
+        if ex.internal {
+            return Err(AmqpError::access_refused(format!(
+                "cannot publish to internal exchange '{exchange}' in vhost '/'"
+            )));
+        }
+        let mut targets = std::mem::take(&mut self.route_buf);
+        targets.clear();
+        for key in std::iter::once(&*msg.routing_key).chain(extra_keys.iter().map(String::as_str)) {
+            if exchange.is_empty() {
+                if let Some(q) = self.queues.get(key) {
+                    targets.push(q.name.clone());
+                }
+            } else {
+                ex.route(key, headers, &mut targets);
+            }
+        }
+        if targets.len() > 1 {
+            targets.sort_unstable();
+            targets.dedup();
+        }
+        let routed = targets.len();
+        for name in &targets {
+            if let Some(q) = self.queues.get_mut(name) {
+                q.ready.push_back(Queued {
+                    msg: msg.clone(),
+                    redelivered: false,
+                });
+            }
+        }
+        for name in &targets {
+            self.dispatch(name);
+        }
+        self.route_buf = targets;
+        Ok(if routed == 0 {
+            Routed::Unroutable
+        } else {
+            Routed::Queued(routed)
+        })
+    }
+
+    // ---- deliveries ----
+
+    fn dispatch_all(&mut self, mut queues: Vec<Arc<str>>) {
+        queues.sort_unstable();
+        queues.dedup();
+        for q in queues {
+            self.dispatch(&q);
+        }
+    }
+
+    /// Hands ready messages of `queue` to its consumers, round robin, as long as some
+    /// consumer has credit.
+    fn dispatch(&mut self, queue: &str) {
+        let State {
+            queues, channels, ..
+        } = self;
+        let Some(q) = queues.get_mut(queue) else {
+            return;
+        };
+        while !q.ready.is_empty() && !q.consumers.is_empty() {
+            let n = q.consumers.len();
+            let Some(idx) = (0..n).map(|i| (q.next_consumer + i) % n).find(|&i| {
+                let c = &q.consumers[i];
+                let Some(ch) = channels.get(&c.channel) else {
+                    return false;
+                };
+                if ch.outbox.is_full() {
+                    ch.outbox.mark_starved();
+                    return false;
+                }
+                c.has_credit() && (c.no_ack || ch.has_credit()) && ch.active
+            }) else {
+                return;
+            };
+            q.next_consumer = (idx + 1) % n;
+            let Some(item) = q.ready.pop_front() else {
+                return;
+            };
+            let consumer = &mut q.consumers[idx];
+            let Some(ch) = channels.get_mut(&consumer.channel) else {
+                return;
+            };
+            let tag = ch.take_tag();
+            let out = ch.out;
+            ch.outbox.push(|buf| {
+                put_deliver(
+                    buf,
+                    out,
+                    &consumer.tag,
+                    tag,
+                    item.redelivered,
+                    Origin {
+                        exchange: &item.msg.exchange,
+                        routing_key: &item.msg.routing_key,
+                    },
+                    Content {
+                        header: &item.msg.header,
+                        body: &item.msg.body,
+                    },
+                )
+            });
+            if !consumer.no_ack {
+                consumer.unacked += 1;
+                ch.unacked.push_back(Unacked {
+                    tag,
+                    queue: q.name.clone(),
+                    queue_id: q.id,
+                    consumer: Some(consumer.tag.clone()),
+                    msg: item.msg,
+                });
+            }
+        }
+    }
+
+    /// `basic.get`: hands one message to the channel, or says the queue is empty.
+    pub fn get(&mut self, key: ChannelKey, queue: &str, no_ack: bool) -> Result<bool, AmqpError> {
+        let q = self.queue_for(key.0, queue)?;
+        let Some(item) = q.ready.pop_front() else {
+            return Ok(false);
+        };
+        let remaining = q.message_count();
+        let (name, id) = (q.name.clone(), q.id);
+        let ch = self.channel(key);
+        let tag = ch.take_tag();
+        let out = ch.out;
+        ch.outbox.push(|buf| {
+            put_get_ok(
+                buf,
+                out,
+                tag,
+                item.redelivered,
+                Origin {
+                    exchange: &item.msg.exchange,
+                    routing_key: &item.msg.routing_key,
+                },
+                remaining,
+                Content {
+                    header: &item.msg.header,
+                    body: &item.msg.body,
+                },
+            )
+        });
+        if !no_ack {
+            ch.unacked.push_back(Unacked {
+                tag,
+                queue: name,
+                queue_id: id,
+                consumer: None,
+                msg: item.msg,
+            });
+        }
+        Ok(true)
+    }
+
+    /// `basic.ack`.
+    pub fn ack(&mut self, key: ChannelKey, tag: u64, multiple: bool) -> Result<(), AmqpError> {
+        let settled = self.channel(key).settle(tag, multiple)?;
+        let touched = self.release_credit(key, &settled);
+        self.dispatch_all(touched);
+        Ok(())
+    }
+
+    /// `basic.nack` and `basic.reject`: requeued messages go back to the head of their
+    /// queue marked redelivered; the others are dropped.
+    pub fn nack(
+        &mut self,
+        key: ChannelKey,
+        tag: u64,
+        multiple: bool,
+        requeue: bool,
+    ) -> Result<(), AmqpError> {
+        let settled = self.channel(key).settle(tag, multiple)?;
+        let mut touched = self.release_credit(key, &settled);
+        if requeue {
+            touched.extend(self.requeue(settled));
+        }
+        self.dispatch_all(touched);
+        Ok(())
+    }
+
+    /// `basic.recover`: every unacknowledged message of the channel is requeued.
+    pub fn recover(&mut self, key: ChannelKey) {
+        let settled: Vec<Unacked> = self.channel(key).unacked.drain(..).collect();
+        let mut touched = self.release_credit(key, &settled);
+        touched.extend(self.requeue(settled));
+        self.dispatch_all(touched);
+    }
+
+    /// Gives consumers back the credit their settled deliveries held; returns the
+    /// queues that may now deliver more.
+    fn release_credit(&mut self, key: ChannelKey, settled: &[Unacked]) -> Vec<Arc<str>> {
+        let mut touched = Vec::new();
+        for u in settled {
+            let Some(q) = self.queues.get_mut(&u.queue) else {
+                continue;
+            };
+            if q.id != u.queue_id {
+                continue;
+            }
+            if let Some(c) = u.consumer.as_deref().and_then(|tag| q.consumer_mut(tag)) {
+                c.unacked = c.unacked.saturating_sub(1);
+            }
+            touched.push(q.name.clone());
+        }
+        // A channel-wide prefetch frees credit for every queue consumed on the channel.
+        let ch = self.channel(key);
+        if ch.prefetch_global != 0 {
+            touched.extend(ch.consumers.values().cloned());
+        }
+        touched
+    }
+
+    /// Puts settled deliveries back into their queues (if the queue still exists).
+    fn requeue(&mut self, settled: Vec<Unacked>) -> Vec<Arc<str>> {
+        let mut by_queue: Vec<(Arc<str>, u64, Vec<Arc<Message>>)> = Vec::new();
+        for u in settled {
+            match by_queue
+                .iter_mut()
+                .find(|(name, id, _)| *name == u.queue && *id == u.queue_id)
+            {
+                Some((_, _, msgs)) => msgs.push(u.msg),
+                None => by_queue.push((u.queue, u.queue_id, vec![u.msg])),
+            }
+        }
+        let mut touched = Vec::new();
+        for (name, id, msgs) in by_queue {
+            if let Some(q) = self.queues.get_mut(&name).filter(|q| q.id == id) {
+                q.requeue_front(msgs.into_iter());
+                touched.push(name);
+            }
+        }
+        touched
+    }
+}
