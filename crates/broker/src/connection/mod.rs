@@ -142,25 +142,33 @@ impl Connection {
             let wait = close_deadline.map_or(idle_limit, |d| {
                 d.saturating_duration_since(tokio::time::Instant::now())
             });
+            // Backpressure: read nothing more while the client is not reading its output.
+            if self.outbox.is_full() {
+                tokio::select! {
+                    () = shutdown.cancelled(), if !self.closing => {
+                        self.close_connection(AmqpError::new(code::CONNECTION_FORCED, "broker shutdown"));
+                    }
+                    () = self.outbox.wait_for_room() => {}
+                }
+                continue;
+            }
+            if self.outbox.is_closed() {
+                return;
+            }
             tokio::select! {
                 biased;
                 () = shutdown.cancelled(), if !self.closing => {
                     self.close_connection(AmqpError::new(code::CONNECTION_FORCED, "broker shutdown"));
                 }
-                () = self.outbox.wait_for_room() => {
-                    if self.outbox.is_closed() {
+                read = tokio::time::timeout(wait, reader.read_buf(&mut rbuf)) => match read {
+                    Ok(Ok(0) | Err(_)) => return,
+                    Ok(Ok(_)) => {}
+                    Err(_) if self.closing => return,
+                    Err(_) => {
+                        tracing::info!(conn = self.id, "missed heartbeats from client; closing the connection");
                         return;
                     }
-                    match tokio::time::timeout(wait, reader.read_buf(&mut rbuf)).await {
-                        Ok(Ok(0)) | Ok(Err(_)) => return,
-                        Ok(Ok(_)) => {}
-                        Err(_) if self.closing => return,
-                        Err(_) => {
-                            tracing::info!(conn = self.id, "missed heartbeats from client; closing the connection");
-                            return;
-                        }
-                    }
-                }
+                },
             }
         }
     }
