@@ -58,7 +58,8 @@ impl Outbox {
         self.len.load(Ordering::Acquire) > self.high_water
     }
 
-    /// Called by a delivery that found the outbox full.
+    /// Asks the writer to resume deliveries once it has written what is queued: called by
+    /// a delivery that found the outbox full, or to order deliveries after a reply.
     pub fn mark_starved(&self) {
         self.starved.store(true, Ordering::Release);
     }

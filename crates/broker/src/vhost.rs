@@ -82,6 +82,8 @@ pub struct OpenChannel {
     active: bool,
     /// Consumer tag → queue name.
     consumers: BTreeMap<Arc<str>, Arc<str>>,
+    /// Queues to dispatch once the outbox has been written (see [`State::recover`]).
+    deferred: Vec<Arc<str>>,
 }
 
 impl OpenChannel {
@@ -96,6 +98,7 @@ impl OpenChannel {
             prefetch_consumer: 0,
             active: true,
             consumers: BTreeMap::new(),
+            deferred: Vec::new(),
         }
     }
 
@@ -281,12 +284,11 @@ impl State {
 
     /// Resumes deliveries to a connection whose outbox has drained.
     pub fn resume_connection(&mut self, conn: ConnId) {
-        let queues: Vec<Arc<str>> = self
-            .channels
-            .iter()
-            .filter(|(k, _)| k.0 == conn)
-            .flat_map(|(_, ch)| ch.consumers.values().cloned())
-            .collect();
+        let mut queues = Vec::new();
+        for (_, ch) in self.channels.iter_mut().filter(|(k, _)| k.0 == conn) {
+            queues.extend(ch.consumers.values().cloned());
+            queues.append(&mut ch.deferred);
+        }
         self.dispatch_all(queues);
     }
 
@@ -880,12 +882,16 @@ impl State {
         Ok(())
     }
 
-    /// `basic.recover`: every unacknowledged message of the channel is requeued.
+    /// `basic.recover`: every unacknowledged message of the channel is requeued. The
+    /// redeliveries wait until `recover-ok` has been written: clients (lapin) discard
+    /// deliveries they had buffered when `recover-ok` arrives.
     pub fn recover(&mut self, key: ChannelKey) {
         let settled: Vec<Unacked> = self.channel(key).unacked.drain(..).collect();
         let mut touched = self.release_credit(key, &settled);
         touched.extend(self.requeue(settled));
-        self.dispatch_all(touched);
+        let ch = self.channel(key);
+        ch.deferred.extend(touched);
+        ch.outbox.mark_starved();
     }
 
     /// Gives consumers back the credit their settled deliveries held; returns the
