@@ -62,7 +62,7 @@ pub async fn handshake(
     let _ = rbuf.split_to(PROTOCOL_HEADER.len());
 
     send(stream, start_method()).await?;
-    let start_ok = match read_method(stream, rbuf, config.frame_max).await? {
+    let start_ok = match next_method(stream, rbuf, config).await? {
         AMQPClass::Connection(connection::AMQPMethod::StartOk(m)) => m,
         _ => {
             return refuse(
@@ -96,7 +96,7 @@ pub async fn handshake(
         })),
     )
     .await?;
-    let tune_ok = match read_method(stream, rbuf, config.frame_max).await? {
+    let tune_ok = match next_method(stream, rbuf, config).await? {
         AMQPClass::Connection(connection::AMQPMethod::TuneOk(m)) => m,
         _ => {
             return refuse(
@@ -205,6 +205,19 @@ async fn send(stream: &mut TcpStream, method: AMQPClass) -> std::io::Result<()> 
     let mut out = Vec::new();
     put_method(&mut out, 0, &method);
     stream.write_all(&out).await
+}
+
+/// The next handshake method; a protocol error is reported to the client with
+/// `connection.close` before the handshake fails.
+async fn next_method(
+    stream: &mut TcpStream,
+    rbuf: &mut BytesMut,
+    config: &BrokerConfig,
+) -> Result<AMQPClass, HandshakeError> {
+    match read_method(stream, rbuf, config.frame_max).await {
+        Err(HandshakeError::Refused(err)) => refuse(stream, rbuf, err, config).await,
+        other => other,
+    }
 }
 
 /// Reads the next method on channel 0, skipping heartbeats.
