@@ -1,25 +1,108 @@
-//! A connection's outgoing bytes.
+//! A connection's outgoing bytes, and the socket they go to.
 //!
 //! Everything sent to a client — replies from its own connection task and deliveries
-//! routed by other connections — is encoded straight into its outbox; the connection's
-//! writer task takes the whole buffer and writes it with one syscall, so frames batch
-//! naturally under load. The outbox is bounded: above [`OUTBOX_HIGH_WATER`] deliveries to
-//! the connection pause (the outbox remembers it was *starved*) and the connection stops
-//! reading its own socket, until the writer has drained it.
+//! routed by other connections — is encoded straight into its outbox. Writing is done
+//! where it is cheapest:
+//!
+//! - Inside a [`batch`] (a connection task handling the frames of one read), outboxes
+//!   that receive bytes are remembered; when the batch ends each is flushed with one
+//!   non-blocking `write` from the task that filled it. No other task wakes up, and
+//!   every frame produced by one read goes out in one syscall per peer.
+//! - Whatever the socket does not take at once stays queued, and the connection's
+//!   writer task (`connection::writer`) finishes it when the socket is writable. Bytes
+//!   pushed outside a batch also wake the writer.
+//!
+//! All writes happen under the outbox lock, so frames never interleave. The outbox is
+//! bounded: above [`OUTBOX_HIGH_WATER`] deliveries to the connection pause (the outbox
+//! remembers it was *starved*) and the connection stops reading its own socket, until
+//! the writer has drained it.
 //!
 //! [`OUTBOX_HIGH_WATER`]: crate::config::OUTBOX_HIGH_WATER
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
-/// Pending output of one connection.
+/// Capacity kept by an idle outbox; larger buffers are released once drained.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+thread_local! {
+    /// Outboxes that received bytes during the current batch on this thread.
+    static PENDING: RefCell<Vec<Arc<Outbox>>> = const { RefCell::new(Vec::new()) };
+    static BATCH_DEPTH: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Runs `work` (synchronous: no `.await` inside) as one batch: outboxes it fills are
+/// flushed once, when it returns.
+pub fn batch<R>(work: impl FnOnce() -> R) -> R {
+    BATCH_DEPTH.with(|d| d.set(d.get() + 1));
+    let result = work();
+    let depth = BATCH_DEPTH.with(|d| {
+        d.set(d.get() - 1);
+        d.get()
+    });
+    if depth == 0 {
+        let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        for outbox in &pending {
+            outbox.flush();
+        }
+        // Give the (now empty) list's allocation back for the next batch.
+        PENDING.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.is_empty() {
+                *p = pending;
+                p.clear();
+            }
+        });
+    }
+    result
+}
+
+/// Bytes not yet written: `data[start..]`.
+#[derive(Debug, Default)]
+struct Pending {
+    data: Vec<u8>,
+    start: usize,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.data.len() - self.start
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Marks `n` bytes as written.
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.data.len() {
+            self.data.clear();
+            self.start = 0;
+            if self.data.capacity() > KEEP_CAPACITY {
+                self.data = Vec::new();
+            }
+        } else if self.start > self.data.len() / 2 {
+            self.data.drain(..self.start);
+            self.start = 0;
+        }
+    }
+}
+
+/// Pending output of one connection, and its socket.
 #[derive(Debug)]
 pub struct Outbox {
-    buf: Mutex<Vec<u8>>,
+    buf: Mutex<Pending>,
+    socket: OwnedWriteHalf,
     len: AtomicUsize,
     high_water: usize,
-    /// Wakes the writer when bytes arrive in an empty outbox, or on close.
+    /// Bytes written so far: the writer sends a heartbeat when it has not moved.
+    written: AtomicU64,
+    /// Wakes the writer: bytes the socket did not take, or a close.
     wake: Notify,
     /// Wakes the reader (and anyone waiting for room) after a write.
     drained: Notify,
@@ -29,11 +112,13 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub fn new(high_water: usize) -> Self {
+    pub fn new(socket: OwnedWriteHalf, high_water: usize) -> Self {
         Self {
-            buf: Mutex::new(Vec::new()),
+            buf: Mutex::new(Pending::default()),
+            socket,
             len: AtomicUsize::new(0),
             high_water,
+            written: AtomicU64::new(0),
             wake: Notify::new(),
             drained: Notify::new(),
             starved: AtomicBool::new(false),
@@ -41,16 +126,75 @@ impl Outbox {
         }
     }
 
-    /// Appends frames produced by `encode`.
-    pub fn push(&self, encode: impl FnOnce(&mut Vec<u8>)) {
-        let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.buf.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends frames produced by `encode`; they are written when the current batch
+    /// ends, or by the writer task when there is no batch.
+    pub fn push(self: &Arc<Self>, encode: impl FnOnce(&mut Vec<u8>)) {
+        let mut buf = self.lock();
         let was_empty = buf.is_empty();
-        encode(&mut buf);
+        encode(&mut buf.data);
         self.len.store(buf.len(), Ordering::Release);
         drop(buf);
         if was_empty {
-            self.wake.notify_one();
+            if BATCH_DEPTH.with(Cell::get) > 0 {
+                PENDING.with(|p| p.borrow_mut().push(self.clone()));
+            } else {
+                self.wake.notify_one();
+            }
         }
+    }
+
+    /// Writes as much as the socket takes now; the writer task is woken for the rest.
+    pub fn flush(&self) {
+        let mut buf = self.lock();
+        match self.write_some(&mut buf) {
+            Ok(()) if buf.is_empty() => {}
+            Ok(()) => self.wake.notify_one(),
+            Err(_) => self.close(),
+        }
+    }
+
+    /// One non-blocking write attempt from the front of `buf` (under the lock).
+    fn write_some(&self, buf: &mut Pending) -> io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        match self.socket.try_write(&buf.data[buf.start..]) {
+            Ok(n) => {
+                buf.consume(n);
+                self.written.fetch_add(n as u64, Ordering::Relaxed);
+                self.len.store(buf.len(), Ordering::Release);
+                if n > 0 {
+                    self.drained.notify_waiters();
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes everything queued, waiting for the socket as needed (the writer task).
+    /// Cancel-safe: unwritten bytes stay queued.
+    pub async fn drain(&self) -> io::Result<()> {
+        loop {
+            {
+                let mut buf = self.lock();
+                self.write_some(&mut buf)?;
+                if buf.is_empty() {
+                    return Ok(());
+                }
+            }
+            self.socket.writable().await?;
+        }
+    }
+
+    /// Bytes written to the socket so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
     }
 
     /// Whether the outbox holds more than its high-water mark.
@@ -58,10 +202,15 @@ impl Outbox {
         self.len.load(Ordering::Acquire) > self.high_water
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len.load(Ordering::Acquire) == 0
+    }
+
     /// Asks the writer to resume deliveries once it has written what is queued: called by
     /// a delivery that found the outbox full, or to order deliveries after a reply.
     pub fn mark_starved(&self) {
         self.starved.store(true, Ordering::Release);
+        self.wake.notify_one();
     }
 
     /// Whether deliveries were held back since the last call.
@@ -69,21 +218,9 @@ impl Outbox {
         self.starved.swap(false, Ordering::AcqRel)
     }
 
-    /// Swaps the pending bytes into `spare` (which must be empty) for writing.
-    pub fn take_into(&self, spare: &mut Vec<u8>) {
-        let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::swap(&mut *buf, spare);
-        self.len.store(0, Ordering::Release);
-    }
-
-    /// Waits until there is something to write or the outbox is closed. Cancel-safe.
-    pub async fn wait_for_output(&self) {
+    /// Waits until the writer has something to do. Cancel-safe.
+    pub async fn wait_for_work(&self) {
         self.wake.notified().await;
-    }
-
-    /// Tells waiters that the writer made room.
-    pub fn notify_drained(&self) {
-        self.drained.notify_waiters();
     }
 
     /// Waits until the outbox is at or below its high-water mark. Cancel-safe.

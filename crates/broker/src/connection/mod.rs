@@ -19,7 +19,7 @@ use crate::codec::method::{method_ids, parse_method, put_method};
 use crate::codec::{FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD};
 use crate::config::{CLOSE_TIMEOUT, HANDSHAKE_TIMEOUT, OUTBOX_HIGH_WATER};
 use crate::error::{AmqpError, code};
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, batch};
 use crate::queue::ConnId;
 use amq_protocol::protocol::{AMQPClass, connection};
 use bytes::BytesMut;
@@ -84,11 +84,10 @@ pub async fn serve(
     let id = broker.next_connection_id();
     tracing::debug!(%peer, conn = id, user = %tuning.user, "connection open");
     let (reader, writer) = stream.into_split();
-    let outbox = Arc::new(Outbox::new(OUTBOX_HIGH_WATER));
+    let outbox = Arc::new(Outbox::new(writer, OUTBOX_HIGH_WATER));
     let heartbeat =
         (tuning.heartbeat > 0).then(|| Duration::from_secs(u64::from(tuning.heartbeat)));
     let writer = tokio::spawn(writer::run(
-        writer,
         outbox.clone(),
         heartbeat.map(|h| h / 2),
         broker.clone(),
@@ -103,9 +102,15 @@ pub async fn serve(
         closing: false,
     };
     conn.read_loop(reader, rbuf, heartbeat, shutdown).await;
-    broker.vhost.lock().close_connection(id);
+    batch(|| broker.vhost.lock().close_connection(id));
     outbox.close();
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer).await;
+    let mut writer = writer;
+    if tokio::time::timeout(CLOSE_TIMEOUT, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort(); // the peer stopped reading; drop what it did not take
+    }
     tracing::debug!(%peer, conn = id, "connection closed");
 }
 
@@ -121,20 +126,8 @@ impl Connection {
         let idle_limit = heartbeat.map_or(Duration::MAX, |h| h * 2);
         let mut close_deadline: Option<tokio::time::Instant> = None;
         loop {
-            loop {
-                match next_frame(&mut rbuf, self.tuning.frame_max) {
-                    Ok(Some(frame)) => {
-                        if self.on_frame(frame) == Flow::Done {
-                            return;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.close_connection(AmqpError::frame_error(e));
-                        // Nothing more can be parsed from this stream; the close is sent.
-                        return;
-                    }
-                }
+            if batch(|| self.handle_buffered_frames(&mut rbuf)) == Flow::Done {
+                return;
             }
             if self.closing && close_deadline.is_none() {
                 close_deadline = Some(tokio::time::Instant::now() + CLOSE_TIMEOUT);
@@ -169,6 +162,25 @@ impl Connection {
                         return;
                     }
                 },
+            }
+        }
+    }
+
+    /// Handles every complete frame in the read buffer, as one outbox batch.
+    fn handle_buffered_frames(&mut self, rbuf: &mut BytesMut) -> Flow {
+        loop {
+            match next_frame(rbuf, self.tuning.frame_max) {
+                Ok(Some(frame)) => {
+                    if self.on_frame(frame) == Flow::Done {
+                        return Flow::Done;
+                    }
+                }
+                Ok(None) => return Flow::Continue,
+                Err(e) => {
+                    self.close_connection(AmqpError::frame_error(e));
+                    // Nothing more can be parsed from this stream; the close is sent.
+                    return Flow::Done;
+                }
             }
         }
     }
@@ -232,7 +244,10 @@ impl Connection {
                     0,
                     &AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
                 );
-                Ok(Flow::Done)
+                // Release everything now, then let the client close the socket first
+                // (bounded): clients treat a broker-side EOF racing close-ok as an error.
+                self.release();
+                Ok(Flow::Continue)
             }
             AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_)) => Err(
                 AmqpError::not_implemented("connection.update-secret is not supported")
@@ -259,8 +274,13 @@ impl Connection {
             method_id: err.method_id,
         }));
         self.send(0, &close);
+        self.release();
+    }
+
+    /// Forgets the connection's channels, consumers and exclusive queues; from now on
+    /// the read loop only waits for `close-ok` or the end of the stream.
+    fn release(&mut self) {
         self.closing = true;
-        // Nothing more is delivered on a closing connection.
         self.broker.vhost.lock().close_connection(self.id);
         self.channels.clear();
     }

@@ -1,61 +1,49 @@
-//! A connection's writer task: drains the outbox into the socket, one `write` for
-//! everything queued, and sends heartbeats when the connection has been quiet.
+//! A connection's writer task: finishes writing what the socket did not take at once
+//! (see [`crate::outbox`]), resumes deliveries held back while the outbox was full, and
+//! sends a heartbeat when nothing has been written for half the heartbeat timeout.
 
 use crate::broker::Broker;
 use crate::codec::frame::put_heartbeat;
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, batch};
 use crate::queue::ConnId;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
-
-/// Buffers larger than this are not kept for reuse once written.
-const KEEP_BUFFER: usize = 256 * 1024;
 
 /// Runs until the outbox is closed and flushed, or the socket fails.
 pub async fn run(
-    mut socket: OwnedWriteHalf,
     outbox: Arc<Outbox>,
     heartbeat: Option<Duration>,
     broker: Arc<Broker>,
     conn: ConnId,
 ) {
-    let mut pending = Vec::new();
+    let mut written_at_last_beat = outbox.written();
     loop {
-        outbox.take_into(&mut pending);
-        if pending.is_empty() {
-            if outbox.is_closed() {
-                break;
-            }
-            match heartbeat {
-                Some(every) => {
-                    if tokio::time::timeout(every, outbox.wait_for_output())
-                        .await
-                        .is_err()
-                    {
-                        put_heartbeat(&mut pending);
-                    }
-                }
-                None => outbox.wait_for_output().await,
-            }
-            if pending.is_empty() {
-                continue;
-            }
-        }
-        if let Err(e) = socket.write_all(&pending).await {
+        if let Err(e) = outbox.drain().await {
             tracing::debug!(conn, error = %e, "write failed; closing the connection");
             outbox.close();
-            break;
+            return;
         }
-        pending.clear();
-        if pending.capacity() > KEEP_BUFFER {
-            pending = Vec::new();
-        }
-        outbox.notify_drained();
         if outbox.take_starved() {
-            broker.vhost.lock().resume_connection(conn);
+            batch(|| broker.vhost.lock().resume_connection(conn));
+            continue;
+        }
+        if outbox.is_closed() {
+            return;
+        }
+        match heartbeat {
+            Some(every) => {
+                if tokio::time::timeout(every, outbox.wait_for_work())
+                    .await
+                    .is_err()
+                {
+                    let written = outbox.written();
+                    if written == written_at_last_beat && outbox.is_empty() {
+                        outbox.push(put_heartbeat);
+                    }
+                    written_at_last_beat = outbox.written();
+                }
+            }
+            None => outbox.wait_for_work().await,
         }
     }
-    let _ = socket.shutdown().await;
 }
