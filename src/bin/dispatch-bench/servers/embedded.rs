@@ -1,0 +1,160 @@
+//! The embedded broker as its own process: `dispatch-broker --listen 127.0.0.1:0`, found
+//! beside this executable (or given by `--broker-bin`), ready once it prints
+//! `listening on 127.0.0.1:PORT` on stdout.
+//!
+//! Under `cargo run` (the `CARGO` variable is set) the broker binary is built first with
+//! the same profile, so `cargo run --release --bin dispatch-bench -- --spawn-embedded`
+//! never measures a stale or missing broker.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+/// Longest wait for the broker's "listening on" line.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest wait for `cargo build` of the broker (it may queue behind other builds).
+const BUILD_TIMEOUT: Duration = Duration::from_secs(1200);
+
+const BINARY: &str = "dispatch-broker";
+
+#[derive(Debug)]
+pub struct Embedded {
+    child: Child,
+    address: String,
+}
+
+impl Embedded {
+    /// Starts the broker and waits for its address. Blocking.
+    pub fn start(bin: Option<PathBuf>) -> Result<Self> {
+        let bin = match bin {
+            Some(bin) => bin,
+            None => default_binary()?,
+        };
+        if !bin.is_file() {
+            bail!(
+                "{} does not exist; build it with `cargo build --release --bin {BINARY}` or pass --broker-bin",
+                bin.display()
+            );
+        }
+        let mut child = Command::new(&bin)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let stdout = child.stdout.take().context("broker stdout")?;
+        let (tx, rx) = mpsc::channel();
+        // Reads stdout to its end so the broker never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(address) = line.trim().strip_prefix("listening on ") {
+                    let _ = tx.send(address.to_owned());
+                }
+            }
+        });
+        let mut broker = Embedded {
+            child,
+            address: String::new(),
+        };
+        match rx.recv_timeout(LISTEN_TIMEOUT) {
+            Ok(address) => broker.address = address,
+            Err(_) => {
+                let status = broker.child.try_wait().ok().flatten();
+                broker.stop();
+                match status {
+                    Some(status) => bail!(
+                        "{} exited ({status}) without printing `listening on ADDR`",
+                        bin.display()
+                    ),
+                    None => bail!(
+                        "{} printed no `listening on ADDR` within {LISTEN_TIMEOUT:?}",
+                        bin.display()
+                    ),
+                }
+            }
+        }
+        Ok(broker)
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.address)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM (the broker closes its clients with 320 and exits), then SIGKILL. Blocking.
+    pub fn stop(mut self) {
+        super::terminate(self.child.id(), Duration::from_secs(10));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `dispatch-broker` beside this executable, built first when running under cargo.
+fn default_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating this executable")?;
+    let dir = exe.parent().context("this executable has no directory")?;
+    let bin = dir.join(BINARY);
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        build(Path::new(&cargo), dir)?;
+    }
+    Ok(bin)
+}
+
+/// `cargo build --bin dispatch-broker` with the profile of the directory we run from.
+fn build(cargo: &Path, dir: &Path) -> Result<()> {
+    let mut command = Command::new(cargo);
+    command.args(["build", "--quiet", "--bin", BINARY]);
+    match dir.file_name().and_then(|name| name.to_str()) {
+        Some("release") => {
+            command.arg("--release");
+        }
+        Some("debug") => {}
+        Some(profile) => {
+            command.args(["--profile", profile]);
+        }
+        None => {}
+    }
+    if let Some(manifest_dir) = std::env::var_os("CARGO_MANIFEST_DIR") {
+        command
+            .arg("--manifest-path")
+            .arg(Path::new(&manifest_dir).join("Cargo.toml"));
+    }
+    eprintln!("   building {BINARY} ...");
+    let mut child = command.spawn().context("running cargo build")?;
+    let deadline = std::time::Instant::now() + BUILD_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                bail!("cargo build --bin {BINARY} failed ({status})");
+            }
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("cargo build --bin {BINARY} took longer than {BUILD_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

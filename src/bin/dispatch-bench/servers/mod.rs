@@ -1,0 +1,125 @@
+//! The brokers a run measures: one given by URL, or one this process starts and stops.
+//!
+//! [`Target::start`] turns a [`TargetSpec`] into a reachable URL and, when the process is
+//! known, a [`Probe`] on it. A broker the bench started is stopped by [`Target::stop`], or
+//! by `Drop` if the run is abandoned (an error, Ctrl-C).
+
+mod embedded;
+mod rabbitmq;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+use crate::cli::TargetSpec;
+use crate::flow;
+use crate::probe::Probe;
+
+/// How long a started broker may take to accept its first AMQP connection.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A broker ready to be measured.
+#[derive(Debug)]
+pub struct Target {
+    pub url: String,
+    pub probe: Option<Probe>,
+    owned: Owned,
+}
+
+/// The broker process this bench started, if any.
+#[derive(Debug)]
+enum Owned {
+    Nothing,
+    Embedded(embedded::Embedded),
+    RabbitMq(rabbitmq::RabbitMq),
+}
+
+impl Target {
+    pub async fn start(spec: &TargetSpec) -> Result<Target> {
+        let (url, pid, owned) = match spec {
+            TargetSpec::Url { url, pid } => (url.clone(), *pid, Owned::Nothing),
+            TargetSpec::Embedded { bin } => {
+                let bin = bin.clone();
+                let broker =
+                    tokio::task::spawn_blocking(move || embedded::Embedded::start(bin)).await??;
+                (broker.url(), Some(broker.pid()), Owned::Embedded(broker))
+            }
+            TargetSpec::RabbitMq => {
+                let broker = tokio::task::spawn_blocking(rabbitmq::RabbitMq::start).await??;
+                (broker.url(), Some(broker.pid()), Owned::RabbitMq(broker))
+            }
+        };
+        let target = Target {
+            probe: pid.map(Probe::new).transpose()?,
+            url,
+            owned,
+        };
+        target.wait_until_ready().await?;
+        match target.probe {
+            Some(probe) => eprintln!("   broker pid {}", probe.pid()),
+            None => eprintln!("   no broker pid: rates only, no CPU or memory figures"),
+        }
+        Ok(target)
+    }
+
+    /// Retries an AMQP connection until one succeeds or [`READY_TIMEOUT`] passes.
+    async fn wait_until_ready(&self) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match flow::connect(&self.url).await {
+                Ok(connection) => {
+                    flow::close(&connection).await;
+                    return Ok(());
+                }
+                Err(err) if Instant::now() >= deadline || matches!(self.owned, Owned::Nothing) => {
+                    bail!("broker at {} does not take connections: {err:#}", self.url)
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+    }
+
+    /// Stops the broker if this bench started it.
+    pub async fn stop(self) {
+        let owned = self.owned;
+        let _ = tokio::task::spawn_blocking(move || match owned {
+            Owned::Nothing => {}
+            Owned::Embedded(broker) => broker.stop(),
+            Owned::RabbitMq(broker) => broker.stop(),
+        })
+        .await;
+    }
+}
+
+/// Sends `signal` (e.g. "TERM") to `pid` with kill(1); the bench links no libc.
+fn signal(pid: u32, signal: &str) {
+    let _ = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+/// Whether `pid` is still running (a zombie counts as gone).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            !matches!(stat.rsplit(')').next().map(str::trim_start), Some(rest) if rest.starts_with('Z'))
+        }
+        Err(_) => false,
+    }
+}
+
+/// SIGTERM, up to `grace` for the process to go, then SIGKILL.
+fn terminate(pid: u32, grace: Duration) {
+    signal(pid, "TERM");
+    let deadline = Instant::now() + grace;
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if alive(pid) {
+        eprintln!("   pid {pid} ignored SIGTERM for {grace:?}; killing it");
+        signal(pid, "KILL");
+    }
+}
