@@ -89,6 +89,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    let config = args.config();
+    if config.data_dir.is_none() {
+        tracing::warn!(
+            "no --data-dir: durable exchanges, queues and persistent messages are kept in memory only"
+        );
+    }
+    let broker = crate::Broker::open(config).context("opening the data directory")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -96,7 +103,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "dispatch-broker {} ready", dispatch_common::VERSION);
         println!("{}{addr}", dispatch_common::READY_LINE_PREFIX);
-        crate::serve(listener, args.config(), shutdown_signal()).await;
+        crate::serve(listener, std::sync::Arc::new(broker), shutdown_signal()).await;
         Ok(())
     })
 }

@@ -84,6 +84,10 @@ impl Exchange {
         }
     }
 
+    pub fn bindings(&self) -> &[Binding] {
+        &self.bindings
+    }
+
     pub fn has_bindings(&self) -> bool {
         !self.bindings.is_empty()
     }

@@ -8,25 +8,31 @@
 //! - [`channel`]: per-channel state and the handler of every method;
 //! - [`vhost`]: exchanges, queues, consumers and deliveries behind one lock, with
 //!   routing in [`exchange`] and queue contents in [`queue`];
+//! - [`store`]: durable topology and persistent messages on disk (group commit);
 //! - [`codec`]: frames, the hand-parsed hot path and `amq-protocol` for the rest;
 //! - [`config`]: every setting and bound, with defaults.
 //!
-//! Library entry point: [`serve`] takes an already bound listener and a shutdown future.
+//! Library entry points: [`Broker::open`] recovers the store, then [`serve`] takes the
+//! broker, an already bound listener and a shutdown future.
 
 pub mod broker;
 pub mod channel;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod confirm;
 pub mod connection;
 pub mod error;
 pub mod exchange;
 pub mod message;
 pub mod names;
 pub mod outbox;
+mod persistence;
 pub mod queue;
 pub mod server;
+pub mod store;
 pub mod vhost;
 
+pub use broker::Broker;
 pub use config::{BrokerConfig, User};
 pub use server::serve;

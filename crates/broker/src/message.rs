@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One published message. Queues hold `Arc<Message>`; nothing is copied per queue.
 #[derive(Debug)]
@@ -16,9 +17,27 @@ pub struct Message {
     pub body: Bytes,
     /// Published with `delivery-mode` 2.
     pub persistent: bool,
+    /// Its id in the message log once stored; 0 for messages kept in memory only.
+    pub store_id: AtomicU64,
 }
 
 impl Message {
+    /// The message's id in the store, if it was written there.
+    pub fn stored(&self) -> Option<u64> {
+        match self.store_id.load(Ordering::Relaxed) {
+            0 => None,
+            id => Some(id),
+        }
+    }
+
+    pub fn store_id(&self) -> u64 {
+        self.store_id.load(Ordering::Relaxed)
+    }
+
+    pub fn set_store_id(&self, id: u64) {
+        self.store_id.store(id, Ordering::Relaxed);
+    }
+
     /// Bytes this message occupies, for limits and accounting.
     pub fn size(&self) -> usize {
         self.header.len() + self.body.len() + self.routing_key.len()

@@ -81,6 +81,12 @@ impl Queue {
         }
     }
 
+    /// Durable queues survive restarts, except exclusive ones (they die with their
+    /// connection anyway, as in RabbitMQ).
+    pub fn is_persisted(&self) -> bool {
+        self.durable && self.exclusive_owner.is_none()
+    }
+
     /// Whether the queue is usable by connection `conn` (exclusive queues belong to one).
     pub fn accessible_by(&self, conn: ConnId) -> bool {
         self.exclusive_owner.is_none_or(|owner| owner == conn)

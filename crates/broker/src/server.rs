@@ -3,7 +3,6 @@
 //! for their tasks.
 
 use crate::broker::Broker;
-use crate::config::BrokerConfig;
 use crate::connection;
 use std::future::Future;
 use std::sync::Arc;
@@ -17,13 +16,8 @@ use tokio_util::task::TaskTracker;
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Serves AMQP on `listener` until `shutdown` completes, then closes every client
-/// connection (320 CONNECTION_FORCED) and returns once their tasks have finished.
-pub async fn serve(
-    listener: TcpListener,
-    config: BrokerConfig,
-    shutdown: impl Future<Output = ()>,
-) {
-    let broker = Arc::new(Broker::new(config));
+/// connection (320 CONNECTION_FORCED), waits for their tasks and flushes the store.
+pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: impl Future<Output = ()>) {
     let limit = Arc::new(Semaphore::new(broker.config.max_connections));
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -50,6 +44,7 @@ pub async fn serve(
     stop.cancel();
     tasks.close();
     tasks.wait().await;
+    broker.close();
 }
 
 /// Accepts the next connection, retrying transient errors with capped backoff.

@@ -10,11 +10,13 @@
 
 use crate::codec::delivery::{ChannelOut, Content, Origin, put_deliver, put_get_ok};
 use crate::codec::method::put_method;
+use crate::confirm::Confirm;
 use crate::error::AmqpError;
 use crate::exchange::{Binding, Exchange, ExchangeKind};
 use crate::message::Message;
 use crate::outbox::Outbox;
 use crate::queue::{ChannelKey, ConnId, Consumer, Queue, Queued};
+use crate::store::{Recovered, Store};
 use amq_protocol::protocol::{AMQPClass, basic};
 use amq_protocol::types::{AMQPValue, FieldTable};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -27,8 +29,9 @@ pub struct Vhost {
 }
 
 impl Vhost {
-    /// A vhost with the exchanges every AMQP broker predeclares.
-    pub fn new() -> Self {
+    /// A vhost with the exchanges every AMQP broker predeclares, and what `store`
+    /// recovered (durable topology and persistent messages).
+    pub fn new(store: Option<(Arc<Store>, Recovered)>) -> Self {
         let mut state = State::default();
         state.exchanges.insert(
             "".into(),
@@ -53,8 +56,20 @@ impl Vhost {
                 Exchange::new(name, kind, true, false, false, FieldTable::default()),
             );
         }
+        if let Some((store, recovered)) = store {
+            state.store = Some(store);
+            state.restore(recovered);
+        }
         Self {
             state: Mutex::new(state),
+        }
+    }
+
+    /// Flushes and stops the store, if any.
+    pub fn close_store(&self) {
+        let store = self.lock().store.clone();
+        if let Some(store) = store {
+            store.close();
         }
     }
 
@@ -141,6 +156,8 @@ struct Unacked {
     /// `None` for messages fetched with `basic.get`.
     consumer: Option<Arc<str>>,
     msg: Arc<Message>,
+    /// The message is in the store for this queue: settling it must be recorded.
+    stored: bool,
 }
 
 /// How `queue.declare` was asked.
@@ -187,12 +204,14 @@ pub enum Routed {
 /// The locked state of the vhost.
 #[derive(Debug, Default)]
 pub struct State {
-    exchanges: HashMap<Arc<str>, Exchange>,
-    queues: HashMap<Arc<str>, Queue>,
+    pub(crate) exchanges: HashMap<Arc<str>, Exchange>,
+    pub(crate) queues: HashMap<Arc<str>, Queue>,
     channels: HashMap<ChannelKey, OpenChannel>,
-    next_queue_id: u64,
+    pub(crate) next_queue_id: u64,
     /// Reused routing buffer.
     route_buf: Vec<Arc<str>>,
+    /// Where durable topology and persistent messages go; `None` keeps them in memory.
+    pub(crate) store: Option<Arc<Store>>,
 }
 
 fn no_queue(name: &str) -> AmqpError {
@@ -369,7 +388,11 @@ impl State {
             spec.internal,
             spec.arguments,
         );
+        let durable = ex.durable;
         self.exchanges.insert(ex.name.clone(), ex);
+        if durable {
+            self.topology_changed();
+        }
         Ok(())
     }
 
@@ -387,7 +410,9 @@ impl State {
                 "exchange '{name}' in vhost '/' in use"
             )));
         }
-        self.exchanges.remove(name);
+        if self.exchanges.remove(name).is_some_and(|ex| ex.durable) {
+            self.topology_changed();
+        }
         Ok(())
     }
 
@@ -470,8 +495,11 @@ impl State {
             next_consumer: 0,
             had_consumer: false,
         };
+        let durable = queue.is_persisted();
         self.queues.insert(name.clone(), queue);
-        // Every queue is bound to the default exchange under its own name.
+        if durable {
+            self.topology_changed();
+        }
         Ok((name, 0, 0))
     }
 
@@ -496,7 +524,8 @@ impl State {
                 "operation not permitted on the default exchange",
             ));
         }
-        let queue = self.queue_for(conn, queue)?.name.clone();
+        let q = self.queue_for(conn, queue)?;
+        let (queue, persisted) = (q.name.clone(), q.is_persisted());
         let ex = self
             .exchanges
             .get_mut(exchange)
@@ -506,6 +535,9 @@ impl State {
             routing_key: routing_key.into(),
             arguments,
         });
+        if persisted && ex.durable {
+            self.topology_changed();
+        }
         Ok(())
     }
 
@@ -522,7 +554,8 @@ impl State {
                 "operation not permitted on the default exchange",
             ));
         }
-        let queue = self.queue_for(conn, queue)?.name.clone();
+        let q = self.queue_for(conn, queue)?;
+        let (queue, persisted) = (q.name.clone(), q.is_persisted());
         let ex = self
             .exchanges
             .get_mut(exchange)
@@ -532,9 +565,14 @@ impl State {
             routing_key: routing_key.into(),
             arguments,
         };
-        if ex.unbind(&binding) && ex.auto_delete && !ex.has_bindings() {
+        let durable = ex.durable;
+        let removed = ex.unbind(&binding);
+        if removed && ex.auto_delete && !ex.has_bindings() {
             let name = ex.name.clone();
             self.exchanges.remove(&name);
+        }
+        if removed && persisted && durable {
+            self.topology_changed();
         }
         Ok(())
     }
@@ -542,7 +580,11 @@ impl State {
     pub fn purge_queue(&mut self, conn: ConnId, name: &str) -> Result<u32, AmqpError> {
         let q = self.queue_for(conn, name)?;
         let count = q.message_count();
-        q.ready.clear();
+        let purged = std::mem::take(&mut q.ready);
+        let (queue_id, persisted) = (q.id, q.is_persisted());
+        for item in purged {
+            self.forget_stored(queue_id, persisted, &item.msg);
+        }
         Ok(count)
     }
 
@@ -601,6 +643,12 @@ impl State {
         }
         for ex in emptied {
             self.exchanges.remove(&ex);
+        }
+        for item in &q.ready {
+            self.forget_stored(q.id, q.is_persisted(), &item.msg);
+        }
+        if q.is_persisted() {
+            self.topology_changed();
         }
         q.message_count()
     }
@@ -697,7 +745,8 @@ impl State {
         extra_keys: &[String],
         headers: Option<&FieldTable>,
         msg: Arc<Message>,
-    ) -> Result<Routed, AmqpError> {
+        confirm: Option<Confirm>,
+    ) -> Result<(Routed, Option<Confirm>), AmqpError> {
         let ex = self
             .exchanges
             .get(exchange)
@@ -723,23 +772,36 @@ impl State {
             targets.dedup();
         }
         let routed = targets.len();
+        let mut durable = Vec::new();
         for name in &targets {
             if let Some(q) = self.queues.get_mut(name) {
                 q.ready.push_back(Queued {
                     msg: msg.clone(),
                     redelivered: false,
                 });
+                if msg.persistent && q.is_persisted() {
+                    durable.push(q.id);
+                }
             }
         }
+        // Written before any delivery, so deliver records follow the enqueue record.
+        let confirm = match &self.store {
+            Some(store) if !durable.is_empty() => {
+                store.enqueue(&msg, durable, confirm);
+                None
+            }
+            _ => confirm,
+        };
         for name in &targets {
             self.dispatch(name);
         }
         self.route_buf = targets;
-        Ok(if routed == 0 {
+        let routed = if routed == 0 {
             Routed::Unroutable
         } else {
             Routed::Queued(routed)
-        })
+        };
+        Ok((routed, confirm))
     }
 
     // ---- deliveries ----
@@ -756,11 +818,15 @@ impl State {
     /// consumer has credit.
     fn dispatch(&mut self, queue: &str) {
         let State {
-            queues, channels, ..
+            queues,
+            channels,
+            store,
+            ..
         } = self;
         let Some(q) = queues.get_mut(queue) else {
             return;
         };
+        let store = store.as_ref().filter(|_| q.is_persisted());
         while !q.ready.is_empty() && !q.consumers.is_empty() {
             let n = q.consumers.len();
             let Some(idx) = (0..n).map(|i| (q.next_consumer + i) % n).find(|&i| {
@@ -784,6 +850,14 @@ impl State {
             let Some(ch) = channels.get_mut(&consumer.channel) else {
                 return;
             };
+            let stored = store.zip(item.msg.stored());
+            if let Some((store, id)) = stored {
+                if consumer.no_ack {
+                    store.removed(q.id, id);
+                } else {
+                    store.delivered(q.id, id);
+                }
+            }
             let tag = ch.take_tag();
             let out = ch.out;
             ch.outbox.push(|buf| {
@@ -811,6 +885,7 @@ impl State {
                     queue_id: q.id,
                     consumer: Some(consumer.tag.clone()),
                     msg: item.msg,
+                    stored: stored.is_some(),
                 });
             }
         }
@@ -823,7 +898,20 @@ impl State {
             return Ok(false);
         };
         let remaining = q.message_count();
-        let (name, id) = (q.name.clone(), q.id);
+        let (name, id, persisted) = (q.name.clone(), q.id, q.is_persisted());
+        let stored = self
+            .store
+            .as_ref()
+            .filter(|_| persisted)
+            .zip(item.msg.stored());
+        if let Some((store, msg)) = stored {
+            if no_ack {
+                store.removed(id, msg);
+            } else {
+                store.delivered(id, msg);
+            }
+        }
+        let stored = stored.is_some();
         let ch = self.channel(key);
         let tag = ch.take_tag();
         let out = ch.out;
@@ -851,6 +939,7 @@ impl State {
                 queue_id: id,
                 consumer: None,
                 msg: item.msg,
+                stored,
             });
         }
         Ok(true)
@@ -860,6 +949,7 @@ impl State {
     pub fn ack(&mut self, key: ChannelKey, tag: u64, multiple: bool) -> Result<(), AmqpError> {
         let settled = self.channel(key).settle(tag, multiple)?;
         let touched = self.release_credit(key, &settled);
+        self.forget_settled(&settled);
         self.dispatch_all(touched);
         Ok(())
     }
@@ -877,6 +967,8 @@ impl State {
         let mut touched = self.release_credit(key, &settled);
         if requeue {
             touched.extend(self.requeue(settled));
+        } else {
+            self.forget_settled(&settled);
         }
         self.dispatch_all(touched);
         Ok(())
@@ -920,23 +1012,37 @@ impl State {
 
     /// Puts settled deliveries back into their queues (if the queue still exists).
     fn requeue(&mut self, settled: Vec<Unacked>) -> Vec<Arc<str>> {
-        let mut by_queue: Vec<(Arc<str>, u64, Vec<Arc<Message>>)> = Vec::new();
+        let mut by_queue: Vec<(Arc<str>, u64, Vec<Unacked>)> = Vec::new();
         for u in settled {
             match by_queue
                 .iter_mut()
                 .find(|(name, id, _)| *name == u.queue && *id == u.queue_id)
             {
-                Some((_, _, msgs)) => msgs.push(u.msg),
-                None => by_queue.push((u.queue, u.queue_id, vec![u.msg])),
+                Some((_, _, entries)) => entries.push(u),
+                None => by_queue.push((u.queue.clone(), u.queue_id, vec![u])),
             }
         }
         let mut touched = Vec::new();
-        for (name, id, msgs) in by_queue {
-            if let Some(q) = self.queues.get_mut(&name).filter(|q| q.id == id) {
-                q.requeue_front(msgs.into_iter());
-                touched.push(name);
+        for (name, id, entries) in by_queue {
+            match self.queues.get_mut(&name).filter(|q| q.id == id) {
+                Some(q) => {
+                    q.requeue_front(entries.into_iter().map(|u| u.msg));
+                    touched.push(name);
+                }
+                // The queue is gone: its messages leave the store with it.
+                None => self.forget_settled(&entries),
             }
         }
         touched
+    }
+
+    /// Records in the store that settled deliveries left their queues for good.
+    fn forget_settled(&self, settled: &[Unacked]) {
+        let Some(store) = &self.store else { return };
+        for u in settled.iter().filter(|u| u.stored) {
+            if let Some(id) = u.msg.stored() {
+                store.removed(u.queue_id, id);
+            }
+        }
     }
 }

@@ -26,7 +26,7 @@ use crate::connection::Connection;
 use crate::error::AmqpError;
 use crate::vhost::OpenChannel;
 use amq_protocol::protocol::{AMQPClass, access, channel};
-use publish::PendingPublish;
+use publish::{Confirms, PendingPublish};
 use std::sync::Arc;
 
 /// A connection's view of one of its channels.
@@ -34,8 +34,8 @@ use std::sync::Arc;
 pub struct ChannelState {
     /// `channel.close` was sent; waiting for `close-ok`.
     closing: bool,
-    /// In confirm mode: the sequence number of the next publish.
-    next_confirm: Option<u64>,
+    /// In confirm mode: where confirms go and the next sequence number.
+    confirms: Option<Confirms>,
     /// A `basic.publish` whose content is still arriving.
     pending: Option<PendingPublish>,
     /// The queue most recently declared, used when a method names the queue `""`.
@@ -128,14 +128,14 @@ impl Connection {
             class_id: err.class_id,
             method_id: err.method_id,
         }));
-        self.send(ch, &close);
-        self.broker.vhost.lock().close_channel(self.key(ch));
         if let Some(state) = self.channels.get_mut(&ch) {
             *state = ChannelState {
                 closing: true,
                 ..ChannelState::default()
             };
         }
+        self.broker.vhost.lock().close_channel(self.key(ch));
+        self.send(ch, &close);
     }
 
     fn state(&mut self, ch: u16) -> &mut ChannelState {

@@ -10,10 +10,11 @@
 use crate::codec::content::{
     ContentHeader, headers_table, parse_content_header, routing_keys, without_bcc,
 };
-use crate::codec::delivery::{ChannelOut, Content, Origin, put_ack, put_return};
+use crate::codec::delivery::{ChannelOut, Content, Origin, put_return};
 use crate::codec::frame::RawFrame;
 use crate::codec::publish::parse_publish;
 use crate::codec::{CLASS_BASIC, FRAME_BODY, FRAME_HEADER};
+use crate::confirm::{Confirm, ConfirmSink};
 use crate::connection::Connection;
 use crate::error::{AmqpError, code};
 use crate::message::Message;
@@ -21,6 +22,31 @@ use crate::vhost::Routed;
 use amq_protocol::protocol::{AMQPClass, confirm};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
+
+/// A channel in confirm mode: where confirms go and the next sequence number.
+#[derive(Debug)]
+pub(super) struct Confirms {
+    sink: Arc<ConfirmSink>,
+    next: u64,
+}
+
+impl Confirms {
+    fn next(&mut self) -> Confirm {
+        let tag = self.next;
+        self.next += 1;
+        Confirm {
+            sink: self.sink.clone(),
+            tag,
+        }
+    }
+}
+
+impl Drop for Confirms {
+    /// A closed channel gets no more confirms (its number may be reused).
+    fn drop(&mut self) {
+        self.sink.close();
+    }
+}
 
 /// A publish waiting for its content.
 #[derive(Debug)]
@@ -138,10 +164,7 @@ impl Connection {
         else {
             return Ok(());
         };
-        let confirm_tag = state.next_confirm;
-        if let Some(tag) = confirm_tag {
-            state.next_confirm = Some(tag + 1);
-        }
+        let confirm = state.confirms.as_mut().map(Confirms::next);
         let during = |e: AmqpError| e.during(60, 40);
         if let Some(range) = &header.user_id {
             let user_id = &header_bytes[range.clone()];
@@ -173,19 +196,26 @@ impl Connection {
             header: header_bytes,
             body,
             persistent: header.persistent,
+            store_id: 0.into(),
         });
-        let routed = self
+        let (routed, confirm) = self
             .broker
             .vhost
             .lock()
-            .publish(&exchange, &extra_keys, headers.as_ref(), msg.clone())
+            .publish(
+                &exchange,
+                &extra_keys,
+                headers.as_ref(),
+                msg.clone(),
+                confirm,
+            )
             .map_err(during)?;
         let out = ChannelOut {
             channel: ch,
             frame_max: self.tuning.frame_max,
         };
-        self.outbox.push(|buf| {
-            if routed == Routed::Unroutable && mandatory {
+        if routed == Routed::Unroutable && mandatory {
+            self.outbox.push(|buf| {
                 let origin = Origin {
                     exchange: &msg.exchange,
                     routing_key: &msg.routing_key,
@@ -195,11 +225,12 @@ impl Connection {
                     body: &msg.body,
                 };
                 put_return(buf, out, code::NO_ROUTE, "NO_ROUTE", origin, content);
-            }
-            if let Some(tag) = confirm_tag {
-                put_ack(buf, ch, tag, false);
-            }
-        });
+            });
+        }
+        // Messages the store took are confirmed once on disk; the rest now, after any return.
+        if let Some(confirm) = confirm {
+            confirm.complete(true);
+        }
         Ok(())
     }
 
@@ -210,10 +241,10 @@ impl Connection {
     ) -> Result<(), AmqpError> {
         match method {
             confirm::AMQPMethod::Select(m) => {
-                let state = self.state(ch);
-                if state.next_confirm.is_none() {
-                    state.next_confirm = Some(1);
-                }
+                let sink = ConfirmSink::new(self.outbox.clone(), ch);
+                self.state(ch)
+                    .confirms
+                    .get_or_insert(Confirms { sink, next: 1 });
                 if !m.nowait {
                     self.send(
                         ch,

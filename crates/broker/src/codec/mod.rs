@@ -17,7 +17,7 @@ pub mod frame;
 pub mod method;
 pub mod publish;
 pub mod table;
-mod wire;
+pub(crate) mod wire;
 
 /// Frame type octet of a method frame.
 pub const FRAME_METHOD: u8 = 1;

@@ -1,0 +1,146 @@
+//! How the vhost uses the store: the durable topology snapshot, recovery at start-up,
+//! and recording that a stored message left a durable queue.
+
+use crate::exchange::{Binding, Exchange, ExchangeKind};
+use crate::message::Message;
+use crate::queue::{Queue, Queued};
+use crate::store::Recovered;
+use crate::store::metadata::{self, BindingDef, ExchangeDef, QueueDef, Topology};
+use crate::vhost::State;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// Exchanges every broker declares itself; they are never written to the snapshot.
+fn predeclared(name: &str) -> bool {
+    name.is_empty() || name.starts_with("amq.")
+}
+
+impl State {
+    /// Writes the durable topology after a durable exchange, queue or binding changed.
+    /// A failure is logged; the change stands in memory.
+    pub(crate) fn topology_changed(&self) {
+        let Some(store) = &self.store else { return };
+        if let Err(e) = metadata::save(store.dir(), &self.topology()) {
+            tracing::error!(
+                "saving the durable topology failed: {e}; it will be lost on restart unless a later change saves it"
+            );
+        }
+    }
+
+    fn topology(&self) -> Topology {
+        let exchanges = self
+            .exchanges
+            .values()
+            .filter(|e| e.durable && !predeclared(&e.name))
+            .map(|e| ExchangeDef {
+                name: e.name.to_string(),
+                kind: e.kind.as_str().to_owned(),
+                auto_delete: e.auto_delete,
+                internal: e.internal,
+                arguments: e.arguments.clone(),
+            })
+            .collect();
+        let queues = self
+            .queues
+            .values()
+            .filter(|q| q.is_persisted())
+            .map(|q| QueueDef {
+                name: q.name.to_string(),
+                id: q.id,
+                auto_delete: q.auto_delete,
+                arguments: q.arguments.clone(),
+            })
+            .collect();
+        let bindings = self
+            .exchanges
+            .values()
+            .filter(|e| e.durable)
+            .flat_map(|e| e.bindings().iter().map(move |b| (e, b)))
+            .filter(|(_, b)| self.queues.get(&b.queue).is_some_and(Queue::is_persisted))
+            .map(|(e, b)| BindingDef {
+                exchange: e.name.to_string(),
+                queue: b.queue.to_string(),
+                routing_key: b.routing_key.to_string(),
+                arguments: b.arguments.clone(),
+            })
+            .collect();
+        Topology {
+            exchanges,
+            queues,
+            bindings,
+            next_queue_id: self.next_queue_id,
+        }
+    }
+
+    /// Rebuilds the durable topology and requeues the recovered messages.
+    pub(crate) fn restore(&mut self, recovered: Recovered) {
+        let Recovered {
+            topology, messages, ..
+        } = recovered;
+        for e in topology.exchanges {
+            let Some(kind) = ExchangeKind::parse(&e.kind) else {
+                tracing::warn!(
+                    "metadata names exchange '{}' of unknown type '{}'; skipped",
+                    e.name,
+                    e.kind
+                );
+                continue;
+            };
+            let ex = Exchange::new(&e.name, kind, true, e.auto_delete, e.internal, e.arguments);
+            self.exchanges.insert(ex.name.clone(), ex);
+        }
+        let mut by_id = std::collections::HashMap::new();
+        for q in topology.queues {
+            let name: Arc<str> = q.name.as_str().into();
+            by_id.insert(q.id, name.clone());
+            self.next_queue_id = self.next_queue_id.max(q.id);
+            self.queues.insert(
+                name.clone(),
+                Queue {
+                    name,
+                    id: q.id,
+                    durable: true,
+                    exclusive_owner: None,
+                    auto_delete: q.auto_delete,
+                    arguments: q.arguments,
+                    ready: VecDeque::new(),
+                    consumers: Vec::new(),
+                    next_consumer: 0,
+                    had_consumer: false,
+                },
+            );
+        }
+        self.next_queue_id = self.next_queue_id.max(topology.next_queue_id);
+        for b in topology.bindings {
+            if let Some(ex) = self.exchanges.get_mut(b.exchange.as_str()) {
+                ex.bind(Binding {
+                    queue: b.queue.as_str().into(),
+                    routing_key: b.routing_key.into(),
+                    arguments: b.arguments,
+                });
+            }
+        }
+        for recovered in messages {
+            for (queue_id, delivered) in recovered.queues {
+                let Some(q) = by_id
+                    .get(&queue_id)
+                    .and_then(|name| self.queues.get_mut(name))
+                else {
+                    continue;
+                };
+                q.ready.push_back(Queued {
+                    msg: recovered.msg.clone(),
+                    redelivered: delivered,
+                });
+            }
+        }
+    }
+
+    /// Records that `msg` left durable queue `queue_id` for good (acked, dropped,
+    /// purged, or its queue deleted), if it was stored for it.
+    pub(crate) fn forget_stored(&self, queue_id: u64, persisted: bool, msg: &Message) {
+        if let (Some(store), Some(id), true) = (&self.store, msg.stored(), persisted) {
+            store.removed(queue_id, id);
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! The log thread: group commit, segment rotation and reclamation (see [`super`]).
+
+use super::record::{put_enqueue, put_marker};
+use super::recovery::Recovered;
+use super::{Op, SEGMENT_SIZE, segment_path};
+use crate::confirm::Confirm;
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::mpsc::Receiver;
+
+/// Operations taken in one batch at most, so confirms are not held back forever.
+const MAX_BATCH: usize = 16 * 1024;
+
+/// One segment file and its live references.
+#[derive(Debug, Clone)]
+pub struct Segment {
+    pub number: u64,
+    /// The first message id written to it, if any.
+    pub first_msg: Option<u64>,
+    /// (message, queue) references not yet removed.
+    pub live: u64,
+}
+
+/// The state of the log, owned by its thread.
+pub struct Log {
+    dir: PathBuf,
+    file: File,
+    written: u64,
+    /// Oldest first; the last is the one being written.
+    segments: VecDeque<Segment>,
+    buf: Vec<u8>,
+    waiting: Vec<Confirm>,
+}
+
+impl Log {
+    /// Opens a fresh segment after the recovered ones.
+    pub fn start(dir: PathBuf, recovered: &Recovered) -> std::io::Result<Log> {
+        let segments: VecDeque<Segment> = recovered.segments.iter().cloned().collect();
+        let number = segments.back().map_or(1, |s| s.number + 1);
+        let file = create_segment(&dir, number)?;
+        let mut log = Log {
+            dir,
+            file,
+            written: 0,
+            segments,
+            buf: Vec::new(),
+            waiting: Vec::new(),
+        };
+        log.segments.push_back(Segment {
+            number,
+            first_msg: None,
+            live: 0,
+        });
+        log.reclaim();
+        Ok(log)
+    }
+
+    /// Runs until [`Op::Stop`] or until every sender is gone.
+    pub fn run(mut self, ops: Receiver<Op>) {
+        let mut stop = false;
+        while !stop {
+            let Ok(first) = ops.recv() else { break };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match ops.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            for op in batch {
+                match op {
+                    Op::Enqueue {
+                        msg,
+                        queues,
+                        confirm,
+                    } => {
+                        let id = msg.store_id();
+                        put_enqueue(
+                            &mut self.buf,
+                            id,
+                            &queues,
+                            &msg.exchange,
+                            &msg.routing_key,
+                            &msg.header,
+                            &msg.body,
+                        );
+                        let current = self.segments.back_mut().expect("a current segment");
+                        current.first_msg.get_or_insert(id);
+                        current.live += queues.len() as u64;
+                        self.waiting.extend(confirm);
+                    }
+                    Op::Marker {
+                        removed,
+                        queue,
+                        msg,
+                    } => {
+                        put_marker(&mut self.buf, removed, queue, msg);
+                        if removed {
+                            self.release(msg);
+                        }
+                    }
+                    Op::Stop => stop = true,
+                }
+            }
+            self.commit();
+        }
+        self.commit();
+        let _ = self.file.sync_data();
+    }
+
+    /// Writes the batch, syncs if a confirm waits on it, completes the confirms.
+    fn commit(&mut self) {
+        if self.buf.is_empty() && self.waiting.is_empty() {
+            return;
+        }
+        let mut result = self.file.write_all(&self.buf);
+        if result.is_ok() && !self.waiting.is_empty() {
+            result = self.file.sync_data();
+        }
+        self.written += self.buf.len() as u64;
+        self.buf.clear();
+        let ok = result.is_ok();
+        if let Err(e) = result {
+            tracing::error!(dir = %self.dir.display(), "writing the message log failed: {e}; publishes waiting on it are nacked");
+        }
+        crate::outbox::batch(|| {
+            for confirm in self.waiting.drain(..) {
+                confirm.complete(ok);
+            }
+        });
+        if !ok || self.written >= SEGMENT_SIZE {
+            self.rotate();
+        }
+        self.reclaim();
+    }
+
+    /// A (message, queue) reference is gone: the segment holding the message loses one.
+    fn release(&mut self, msg: u64) {
+        let holder = self
+            .segments
+            .iter_mut()
+            .rev()
+            .find(|s| s.first_msg.is_some_and(|first| first <= msg));
+        if let Some(segment) = holder {
+            segment.live = segment.live.saturating_sub(1);
+        }
+    }
+
+    /// Closes the current segment and starts the next.
+    fn rotate(&mut self) {
+        let _ = self.file.sync_data();
+        let number = self.segments.back().map_or(1, |s| s.number + 1);
+        match create_segment(&self.dir, number) {
+            Ok(file) => {
+                self.file = file;
+                self.written = 0;
+                self.segments.push_back(Segment {
+                    number,
+                    first_msg: None,
+                    live: 0,
+                });
+            }
+            Err(e) => tracing::error!(
+                "cannot start message log segment {number}: {e}; writing on in the current one"
+            ),
+        }
+    }
+
+    /// Deletes the oldest segments while they hold nothing live (never the current one).
+    fn reclaim(&mut self) {
+        while self.segments.len() > 1 && self.segments.front().is_some_and(|s| s.live == 0) {
+            let Some(old) = self.segments.pop_front() else {
+                break;
+            };
+            let path = segment_path(&self.dir, old.number);
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!("cannot delete {}: {e}", path.display());
+            }
+        }
+    }
+}
+
+fn create_segment(dir: &std::path::Path, number: u64) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(segment_path(dir, number))?;
+    File::open(dir)?.sync_all()?;
+    Ok(file)
+}

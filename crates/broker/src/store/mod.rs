@@ -1,0 +1,186 @@
+//! The broker's disk store: durable topology and persistent messages.
+//!
+//! # Layout
+//!
+//! ```text
+//! DATA_DIR/metadata                         durable exchanges, queues, bindings
+//! DATA_DIR/messages/00000000000000000001.seg  the message log, one segment file after another
+//! ```
+//!
+//! **Metadata** is a snapshot of the durable topology ([`metadata`]), rewritten whole on
+//! every durable declare, delete, bind or unbind: written to `metadata.tmp`, fsynced,
+//! renamed over `metadata`, and the directory fsynced. A reader sees the old snapshot or
+//! the new one, never a mix. Topology changes are rare, so this is simpler than a log.
+//!
+//! **Messages** go to one shared, append-only log ([`record`] gives the format): an
+//! *enqueue* record holds a persistent message once (content header and body as they
+//! arrived) with every durable queue it was routed to, so a publish to N queues is
+//! written once; *deliver* and *remove* records mark a message handed to a consumer, and
+//! acknowledged (or dropped, purged, expired) on one queue. Message ids increase in log
+//! order, so each segment holds a contiguous range of them.
+//!
+//! # Where fsync happens: group commit
+//!
+//! One thread ([`log`]) owns the log. Connections hand it operations through a bounded
+//! channel while holding the vhost lock, so operations arrive in the order they took
+//! effect. The thread takes everything queued, writes it with one `write`, and — if any
+//! operation waits for a publisher confirm — calls `fdatasync` once before sending those
+//! confirms. While it syncs, more operations queue up and form the next batch: many
+//! publishers share each flush. Deliver and remove records are written promptly (so a
+//! `kill -9` of the broker loses none: they are in the page cache) but never waited for.
+//!
+//! # Reclaiming space
+//!
+//! Each segment counts its live references: (message, durable queue) pairs not yet
+//! removed. Segments are deleted oldest first once they have no live references, which
+//! keeps every remove record needed for recovery. A long-lived message in an old segment
+//! holds back later segments; compacting such segments is future work.
+//!
+//! # Recovery ([`recovery`])
+//!
+//! On start the metadata is read, then every segment in order. A record that is cut
+//! short (a torn write) or fails its CRC ends that segment: the rest of the segment is
+//! dropped and truncated away, a warning says how many bytes of which file were dropped,
+//! and recovery goes on with the next segment. The broker never refuses to start over a
+//! damaged store and never delivers a record whose CRC does not match. Messages whose
+//! queues are gone are dropped. Survivors are requeued in their original order, with
+//! `redelivered` set if a deliver record says a consumer had them. Writing then starts in
+//! a fresh segment.
+//!
+//! # Errors
+//!
+//! A failed write or sync (disk full, I/O error) is logged, the confirms waiting on it
+//! become `basic.nack`s, and the log moves on to a fresh segment; the broker keeps
+//! running.
+
+mod log;
+pub mod metadata;
+pub mod record;
+pub mod recovery;
+
+use crate::confirm::Confirm;
+use crate::message::Message;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+pub use recovery::Recovered;
+
+/// Operations waiting for the log thread; above this, the sender waits (backpressure
+/// from the disk to publishers).
+const OP_QUEUE: usize = 64 * 1024;
+/// A segment is closed and a new one started once it reaches this size.
+pub const SEGMENT_SIZE: u64 = 32 * 1024 * 1024;
+/// Name of the metadata file.
+pub const METADATA_FILE: &str = "metadata";
+/// Directory of the message log.
+pub const MESSAGES_DIR: &str = "messages";
+/// Extension of segment files.
+pub const SEGMENT_EXT: &str = "seg";
+
+/// The path of segment `number` in `dir`.
+pub fn segment_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("{number:020}.{SEGMENT_EXT}"))
+}
+
+/// What the log thread is asked to do.
+#[derive(Debug)]
+pub(crate) enum Op {
+    Enqueue {
+        msg: Arc<Message>,
+        queues: Vec<u64>,
+        confirm: Option<Confirm>,
+    },
+    Marker {
+        removed: bool,
+        queue: u64,
+        msg: u64,
+    },
+    Stop,
+}
+
+/// Handle to the disk store, shared by everything in the broker.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    ops: SyncSender<Op>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    next_msg: AtomicU64,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir` and recovers what it holds.
+    pub fn open(dir: &Path) -> std::io::Result<(Store, Recovered)> {
+        std::fs::create_dir_all(dir.join(MESSAGES_DIR))?;
+        let recovered = recovery::recover(dir)?;
+        let (ops, receiver) = sync_channel(OP_QUEUE);
+        let writer = log::Log::start(dir.join(MESSAGES_DIR), &recovered)?;
+        let thread = std::thread::Builder::new()
+            .name("dispatch-store".into())
+            .spawn(move || writer.run(receiver))?;
+        let store = Store {
+            dir: dir.to_owned(),
+            ops,
+            thread: Mutex::new(Some(thread)),
+            next_msg: AtomicU64::new(recovered.next_msg),
+        };
+        Ok((store, recovered))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes a persistent message routed to `queues` (durable queue ids); `confirm` is
+    /// completed once it is on disk. Call under the vhost lock, so ids follow log order.
+    pub fn enqueue(&self, msg: &Arc<Message>, queues: Vec<u64>, confirm: Option<Confirm>) {
+        let id = self.next_msg.fetch_add(1, Ordering::Relaxed);
+        msg.set_store_id(id);
+        self.send(Op::Enqueue {
+            msg: msg.clone(),
+            queues,
+            confirm,
+        });
+    }
+
+    /// Records that stored message `msg` was handed to a consumer of `queue`.
+    pub fn delivered(&self, queue: u64, msg: u64) {
+        self.send(Op::Marker {
+            removed: false,
+            queue,
+            msg,
+        });
+    }
+
+    /// Records that stored message `msg` left `queue` for good.
+    pub fn removed(&self, queue: u64, msg: u64) {
+        self.send(Op::Marker {
+            removed: true,
+            queue,
+            msg,
+        });
+    }
+
+    fn send(&self, op: Op) {
+        if self.ops.send(op).is_err() {
+            tracing::error!("the store thread has stopped; the operation is lost");
+        }
+    }
+
+    /// Writes what is queued and stops the log thread (also done on drop).
+    pub fn close(&self) {
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = self.ops.send(Op::Stop);
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

@@ -1,0 +1,178 @@
+//! Reading the store back at start-up (see [`super`] for the rules).
+
+use super::log::Segment;
+use super::metadata::{self, Topology};
+use super::record::{ReadError, Record, read_record};
+use super::{MESSAGES_DIR, SEGMENT_EXT};
+use crate::message::Message;
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+/// A stored message that is still in at least one durable queue.
+#[derive(Debug)]
+pub struct RecoveredMessage {
+    pub msg: Arc<Message>,
+    /// Durable queue ids it is in, each with whether a consumer had already received it.
+    pub queues: Vec<(u64, bool)>,
+}
+
+/// What the store held.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub topology: Topology,
+    /// In publish order.
+    pub messages: Vec<RecoveredMessage>,
+    pub(crate) segments: Vec<Segment>,
+    pub next_msg: u64,
+}
+
+struct Pending {
+    exchange: String,
+    routing_key: String,
+    header: Bytes,
+    body: Bytes,
+    queues: Vec<(u64, bool)>,
+}
+
+/// Reads the metadata and every segment of the message log in `dir`.
+pub fn recover(dir: &Path) -> std::io::Result<Recovered> {
+    let topology = metadata::load(dir);
+    let known: HashSet<u64> = topology.queues.iter().map(|q| q.id).collect();
+    let messages_dir = dir.join(MESSAGES_DIR);
+    let mut numbers: Vec<u64> = std::fs::read_dir(&messages_dir)?
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            if path.extension()? != SEGMENT_EXT {
+                return None;
+            }
+            path.file_stem()?.to_str()?.parse().ok()
+        })
+        .collect();
+    numbers.sort_unstable();
+
+    let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
+    let mut segments = Vec::new();
+    let mut next_msg = 1;
+    for number in numbers {
+        let path = super::segment_path(&messages_dir, number);
+        let bytes = std::fs::read(&path)?;
+        let mut segment = Segment {
+            number,
+            first_msg: None,
+            live: 0,
+        };
+        let mut at = 0;
+        while at < bytes.len() {
+            let (record, size) = match read_record(&bytes[at..]) {
+                Ok(read) => read,
+                Err(kind) => {
+                    let what = match kind {
+                        ReadError::Truncated => "a torn record",
+                        ReadError::Corrupt => "a corrupt record",
+                    };
+                    tracing::warn!(
+                        "message log {}: {what} at byte {at}; dropped the remaining {} bytes of the segment",
+                        path.display(),
+                        bytes.len() - at
+                    );
+                    truncate(&path, at as u64);
+                    break;
+                }
+            };
+            at += size;
+            match record {
+                Record::Enqueue {
+                    msg,
+                    queues,
+                    exchange,
+                    routing_key,
+                    header,
+                    body,
+                } => {
+                    segment.first_msg.get_or_insert(msg);
+                    next_msg = next_msg.max(msg + 1);
+                    let queues: Vec<(u64, bool)> = queues
+                        .into_iter()
+                        .filter(|q| known.contains(q))
+                        .map(|q| (q, false))
+                        .collect();
+                    if !queues.is_empty() {
+                        pending.insert(
+                            msg,
+                            Pending {
+                                exchange,
+                                routing_key,
+                                header,
+                                body,
+                                queues,
+                            },
+                        );
+                    }
+                }
+                Record::Deliver { queue, msg } => {
+                    if let Some(p) = pending.get_mut(&msg) {
+                        for entry in p.queues.iter_mut().filter(|(q, _)| *q == queue) {
+                            entry.1 = true;
+                        }
+                    }
+                }
+                Record::Remove { queue, msg } => {
+                    if let Some(p) = pending.get_mut(&msg) {
+                        p.queues.retain(|(q, _)| *q != queue);
+                        if p.queues.is_empty() {
+                            pending.remove(&msg);
+                        }
+                    }
+                }
+            }
+        }
+        segments.push(segment);
+    }
+
+    let mut messages = Vec::with_capacity(pending.len());
+    for (id, p) in pending {
+        if let Some(segment) = segments
+            .iter_mut()
+            .rev()
+            .find(|s| s.first_msg.is_some_and(|first| first <= id))
+        {
+            segment.live += p.queues.len() as u64;
+        }
+        let msg = Arc::new(Message {
+            exchange: p.exchange.into(),
+            routing_key: p.routing_key.into(),
+            header: p.header,
+            body: p.body,
+            persistent: true,
+            store_id: id.into(),
+        });
+        messages.push(RecoveredMessage {
+            msg,
+            queues: p.queues,
+        });
+    }
+    if !messages.is_empty() {
+        tracing::info!(messages = messages.len(), "recovered persistent messages");
+    }
+    Ok(Recovered {
+        topology,
+        messages,
+        segments,
+        next_msg,
+    })
+}
+
+fn truncate(path: &Path, len: u64) {
+    let result = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| {
+            f.set_len(len)?;
+            f.sync_all()
+        });
+    if let Err(e) = result {
+        tracing::warn!("cannot truncate {}: {e}", path.display());
+    }
+}
