@@ -24,6 +24,10 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// own frames stop being read, until the socket drains.
 pub const OUTBOX_HIGH_WATER: usize = 1024 * 1024;
 
+/// Messages a persisted queue keeps in memory at its head; the rest of a backlog is
+/// paged out to the message log (see [`crate::queue`]).
+pub const QUEUE_MEMORY_HEAD: usize = 2048;
+
 /// A user of the PLAIN and AMQPLAIN mechanisms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {

@@ -19,9 +19,31 @@ pub struct Message {
     pub persistent: bool,
     /// Its id in the message log once stored; 0 for messages kept in memory only.
     pub store_id: AtomicU64,
+    /// Where its record is once written: segment number in the high 32 bits, offset
+    /// in the low 32; 0 until then.
+    pub location: AtomicU64,
 }
 
 impl Message {
+    /// A message as published, not (yet) in the store.
+    pub fn new(
+        exchange: &str,
+        routing_key: &str,
+        header: Bytes,
+        body: Bytes,
+        persistent: bool,
+    ) -> Self {
+        Self {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            header,
+            body,
+            persistent,
+            store_id: AtomicU64::new(0),
+            location: AtomicU64::new(0),
+        }
+    }
+
     /// The message's id in the store, if it was written there.
     pub fn stored(&self) -> Option<u64> {
         match self.store_id.load(Ordering::Relaxed) {
@@ -36,6 +58,18 @@ impl Message {
 
     pub fn set_store_id(&self, id: u64) {
         self.store_id.store(id, Ordering::Relaxed);
+    }
+
+    /// Where the store wrote the message, once it has.
+    pub fn location(&self) -> Option<u64> {
+        match self.location.load(Ordering::Acquire) {
+            0 => None,
+            at => Some(at),
+        }
+    }
+
+    pub fn set_location(&self, location: u64) {
+        self.location.store(location, Ordering::Release);
     }
 
     /// Bytes this message occupies, for limits and accounting.

@@ -2,12 +2,10 @@
 //! and recording that a stored message left a durable queue.
 
 use crate::exchange::{Binding, Exchange, ExchangeKind};
-use crate::message::Message;
-use crate::queue::{Queue, Queued};
+use crate::queue::Queue;
 use crate::store::Recovered;
 use crate::store::metadata::{self, BindingDef, ExchangeDef, QueueDef, Topology};
 use crate::vhost::State;
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// Exchanges every broker declares itself; they are never written to the snapshot.
@@ -94,21 +92,8 @@ impl State {
             let name: Arc<str> = q.name.as_str().into();
             by_id.insert(q.id, name.clone());
             self.next_queue_id = self.next_queue_id.max(q.id);
-            self.queues.insert(
-                name.clone(),
-                Queue {
-                    name,
-                    id: q.id,
-                    durable: true,
-                    exclusive_owner: None,
-                    auto_delete: q.auto_delete,
-                    arguments: q.arguments,
-                    ready: VecDeque::new(),
-                    consumers: Vec::new(),
-                    next_consumer: 0,
-                    had_consumer: false,
-                },
-            );
+            let queue = Queue::new(name.clone(), q.id, true, None, q.auto_delete, q.arguments);
+            self.queues.insert(name, queue);
         }
         self.next_queue_id = self.next_queue_id.max(topology.next_queue_id);
         for b in topology.bindings {
@@ -128,18 +113,18 @@ impl State {
                 else {
                     continue;
                 };
-                q.ready.push_back(Queued {
-                    msg: recovered.msg.clone(),
-                    redelivered: delivered,
-                });
+                q.push_paged(recovered.id, recovered.location, delivered);
             }
         }
     }
 
-    /// Records that `msg` left durable queue `queue_id` for good (acked, dropped,
-    /// purged, or its queue deleted), if it was stored for it.
-    pub(crate) fn forget_stored(&self, queue_id: u64, persisted: bool, msg: &Message) {
-        if let (Some(store), Some(id), true) = (&self.store, msg.stored(), persisted) {
+    /// Records that stored messages `ids` left durable queue `queue_id` for good
+    /// (purged, or the queue deleted).
+    pub(crate) fn forget_stored_ids(&self, queue_id: u64, persisted: bool, ids: Vec<u64>) {
+        let Some(store) = self.store.as_ref().filter(|_| persisted) else {
+            return;
+        };
+        for id in ids {
             store.removed(queue_id, id);
         }
     }

@@ -483,18 +483,14 @@ impl State {
         spec: QueueSpec,
     ) -> Result<(Arc<str>, u32, u32), AmqpError> {
         self.next_queue_id += 1;
-        let queue = Queue {
-            name: name.clone(),
-            id: self.next_queue_id,
-            durable: spec.durable,
-            exclusive_owner: spec.exclusive.then_some(conn),
-            auto_delete: spec.auto_delete,
-            arguments: spec.arguments,
-            ready: VecDeque::new(),
-            consumers: Vec::new(),
-            next_consumer: 0,
-            had_consumer: false,
-        };
+        let queue = Queue::new(
+            name.clone(),
+            self.next_queue_id,
+            spec.durable,
+            spec.exclusive.then_some(conn),
+            spec.auto_delete,
+            spec.arguments,
+        );
         let durable = queue.is_persisted();
         self.queues.insert(name.clone(), queue);
         if durable {
@@ -579,12 +575,9 @@ impl State {
 
     pub fn purge_queue(&mut self, conn: ConnId, name: &str) -> Result<u32, AmqpError> {
         let q = self.queue_for(conn, name)?;
-        let count = q.message_count();
-        let purged = std::mem::take(&mut q.ready);
+        let (count, stored) = q.clear();
         let (queue_id, persisted) = (q.id, q.is_persisted());
-        for item in purged {
-            self.forget_stored(queue_id, persisted, &item.msg);
-        }
+        self.forget_stored_ids(queue_id, persisted, stored);
         Ok(count)
     }
 
@@ -606,7 +599,7 @@ impl State {
                 "queue '{name}' in vhost '/' in use"
             )));
         }
-        if if_empty && !q.ready.is_empty() {
+        if if_empty && !q.is_empty() {
             return Err(AmqpError::precondition_failed(format!(
                 "queue '{name}' in vhost '/' is not empty"
             )));
@@ -616,7 +609,7 @@ impl State {
 
     /// Removes a queue and its bindings; its consumers are told with `basic.cancel`.
     fn remove_queue(&mut self, name: &str) -> u32 {
-        let Some(q) = self.queues.remove(name) else {
+        let Some(mut q) = self.queues.remove(name) else {
             return 0;
         };
         for consumer in &q.consumers {
@@ -644,13 +637,12 @@ impl State {
         for ex in emptied {
             self.exchanges.remove(&ex);
         }
-        for item in &q.ready {
-            self.forget_stored(q.id, q.is_persisted(), &item.msg);
-        }
+        let (count, stored) = q.clear();
+        self.forget_stored_ids(q.id, q.is_persisted(), stored);
         if q.is_persisted() {
             self.topology_changed();
         }
-        q.message_count()
+        count
     }
 
     // ---- consumers ----
@@ -773,13 +765,18 @@ impl State {
         }
         let routed = targets.len();
         let mut durable = Vec::new();
+        let spill = self.store.is_some();
         for name in &targets {
             if let Some(q) = self.queues.get_mut(name) {
-                q.ready.push_back(Queued {
-                    msg: msg.clone(),
-                    redelivered: false,
-                });
-                if msg.persistent && q.is_persisted() {
+                let persisted = q.is_persisted();
+                q.push_back(
+                    Queued {
+                        msg: msg.clone(),
+                        redelivered: false,
+                    },
+                    spill && persisted,
+                );
+                if msg.persistent && persisted {
                     durable.push(q.id);
                 }
             }
@@ -794,6 +791,9 @@ impl State {
         };
         for name in &targets {
             self.dispatch(name);
+            if let Some(q) = self.queues.get_mut(name) {
+                q.page_out();
+            }
         }
         self.route_buf = targets;
         let routed = if routed == 0 {
@@ -826,8 +826,8 @@ impl State {
         let Some(q) = queues.get_mut(queue) else {
             return;
         };
-        let store = store.as_ref().filter(|_| q.is_persisted());
-        while !q.ready.is_empty() && !q.consumers.is_empty() {
+        let store = store.as_deref().filter(|_| q.is_persisted());
+        while !q.is_empty() && !q.consumers.is_empty() {
             let n = q.consumers.len();
             let Some(idx) = (0..n).map(|i| (q.next_consumer + i) % n).find(|&i| {
                 let c = &q.consumers[i];
@@ -843,7 +843,7 @@ impl State {
                 return;
             };
             q.next_consumer = (idx + 1) % n;
-            let Some(item) = q.ready.pop_front() else {
+            let Some(item) = q.pop_front(store) else {
                 return;
             };
             let consumer = &mut q.consumers[idx];
@@ -893,17 +893,15 @@ impl State {
 
     /// `basic.get`: hands one message to the channel, or says the queue is empty.
     pub fn get(&mut self, key: ChannelKey, queue: &str, no_ack: bool) -> Result<bool, AmqpError> {
+        let store = self.store.clone();
         let q = self.queue_for(key.0, queue)?;
-        let Some(item) = q.ready.pop_front() else {
+        let persisted = q.is_persisted();
+        let Some(item) = q.pop_front(store.as_deref().filter(|_| persisted)) else {
             return Ok(false);
         };
         let remaining = q.message_count();
-        let (name, id, persisted) = (q.name.clone(), q.id, q.is_persisted());
-        let stored = self
-            .store
-            .as_ref()
-            .filter(|_| persisted)
-            .zip(item.msg.stored());
+        let (name, id) = (q.name.clone(), q.id);
+        let stored = store.as_ref().filter(|_| persisted).zip(item.msg.stored());
         if let Some((store, msg)) = stored {
             if no_ack {
                 store.removed(id, msg);

@@ -190,14 +190,13 @@ impl Connection {
                     .unwrap_or(header_bytes);
             }
         }
-        let msg = Arc::new(Message {
-            exchange: exchange.as_str().into(),
-            routing_key: routing_key.into(),
-            header: header_bytes,
+        let msg = Arc::new(Message::new(
+            &exchange,
+            &routing_key,
+            header_bytes,
             body,
-            persistent: header.persistent,
-            store_id: 0.into(),
-        });
+            header.persistent,
+        ));
         let (routed, confirm) = self
             .broker
             .vhost

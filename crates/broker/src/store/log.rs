@@ -2,12 +2,14 @@
 
 use super::record::{put_enqueue, put_marker};
 use super::recovery::Recovered;
-use super::{Op, SEGMENT_SIZE, segment_path};
+use super::{Op, SEGMENT_SIZE, pack_location, segment_path};
 use crate::confirm::Confirm;
+use crate::message::Message;
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 
 /// Operations taken in one batch at most, so confirms are not held back forever.
@@ -32,6 +34,8 @@ pub struct Log {
     segments: VecDeque<Segment>,
     buf: Vec<u8>,
     waiting: Vec<Confirm>,
+    /// Messages in `buf` and where their records go; told once written.
+    placed: Vec<(Arc<Message>, u64)>,
 }
 
 impl Log {
@@ -47,6 +51,7 @@ impl Log {
             segments,
             buf: Vec::new(),
             waiting: Vec::new(),
+            placed: Vec::new(),
         };
         log.segments.push_back(Segment {
             number,
@@ -77,6 +82,12 @@ impl Log {
                         confirm,
                     } => {
                         let id = msg.store_id();
+                        let current = self.segments.back_mut().expect("a current segment");
+                        let offset = self.written + self.buf.len() as u64;
+                        self.placed
+                            .push((msg.clone(), pack_location(current.number, offset)));
+                        current.first_msg.get_or_insert(id);
+                        current.live += queues.len() as u64;
                         put_enqueue(
                             &mut self.buf,
                             id,
@@ -86,9 +97,6 @@ impl Log {
                             &msg.header,
                             &msg.body,
                         );
-                        let current = self.segments.back_mut().expect("a current segment");
-                        current.first_msg.get_or_insert(id);
-                        current.live += queues.len() as u64;
                         self.waiting.extend(confirm);
                     }
                     Op::Marker {
@@ -122,6 +130,11 @@ impl Log {
         self.written += self.buf.len() as u64;
         self.buf.clear();
         let ok = result.is_ok();
+        for (msg, location) in self.placed.drain(..) {
+            if ok {
+                msg.set_location(location);
+            }
+        }
         if let Err(e) = result {
             tracing::error!(dir = %self.dir.display(), "writing the message log failed: {e}; publishes waiting on it are nacked");
         }

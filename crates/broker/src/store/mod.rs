@@ -80,6 +80,16 @@ pub const MESSAGES_DIR: &str = "messages";
 /// Extension of segment files.
 pub const SEGMENT_EXT: &str = "seg";
 
+/// Packs a record's place: segment number (high 32 bits) and byte offset (low 32).
+pub fn pack_location(segment: u64, offset: u64) -> u64 {
+    (segment << 32) | (offset & 0xffff_ffff)
+}
+
+/// The segment number and offset of a packed location.
+pub fn unpack_location(location: u64) -> (u64, u64) {
+    (location >> 32, location & 0xffff_ffff)
+}
+
 /// The path of segment `number` in `dir`.
 pub fn segment_path(dir: &Path, number: u64) -> PathBuf {
     dir.join(format!("{number:020}.{SEGMENT_EXT}"))
@@ -131,6 +141,42 @@ impl Store {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Reads message `id` back from its record (for queues whose backlog is paged out).
+    pub fn read(&self, id: u64, location: u64) -> std::io::Result<Arc<Message>> {
+        use std::os::unix::fs::FileExt;
+        let (segment, offset) = unpack_location(location);
+        let file = std::fs::File::open(segment_path(&self.dir.join(MESSAGES_DIR), segment))?;
+        let mut head = [0; record::RECORD_HEADER];
+        file.read_exact_at(&mut head, offset)?;
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if len > record::MAX_RECORD {
+            return Err(std::io::Error::other("record length out of bounds"));
+        }
+        let mut bytes = vec![0; record::RECORD_HEADER + len];
+        file.read_exact_at(&mut bytes, offset)?;
+        match record::read_record(&bytes) {
+            Ok((
+                record::Record::Enqueue {
+                    msg,
+                    exchange,
+                    routing_key,
+                    header,
+                    body,
+                    ..
+                },
+                _,
+            )) if msg == id => {
+                let message = Message::new(&exchange, &routing_key, header, body, true);
+                message.set_store_id(id);
+                message.set_location(location);
+                Ok(Arc::new(message))
+            }
+            _ => Err(std::io::Error::other(format!(
+                "no intact record of message {id} at {location:#x}"
+            ))),
+        }
     }
 
     /// Writes a persistent message routed to `queues` (durable queue ids); `confirm` is

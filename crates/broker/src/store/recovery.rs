@@ -4,16 +4,16 @@ use super::log::Segment;
 use super::metadata::{self, Topology};
 use super::record::{ReadError, Record, read_record};
 use super::{MESSAGES_DIR, SEGMENT_EXT};
-use crate::message::Message;
-use bytes::Bytes;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-use std::sync::Arc;
 
-/// A stored message that is still in at least one durable queue.
+/// A stored message that is still in at least one durable queue. Its body stays on
+/// disk until a consumer needs it.
 #[derive(Debug)]
 pub struct RecoveredMessage {
-    pub msg: Arc<Message>,
+    pub id: u64,
+    /// Where its record is ([`super::pack_location`]).
+    pub location: u64,
     /// Durable queue ids it is in, each with whether a consumer had already received it.
     pub queues: Vec<(u64, bool)>,
 }
@@ -29,10 +29,7 @@ pub struct Recovered {
 }
 
 struct Pending {
-    exchange: String,
-    routing_key: String,
-    header: Bytes,
-    body: Bytes,
+    location: u64,
     queues: Vec<(u64, bool)>,
 }
 
@@ -81,16 +78,10 @@ pub fn recover(dir: &Path) -> std::io::Result<Recovered> {
                     break;
                 }
             };
+            let location = super::pack_location(number, at as u64);
             at += size;
             match record {
-                Record::Enqueue {
-                    msg,
-                    queues,
-                    exchange,
-                    routing_key,
-                    header,
-                    body,
-                } => {
+                Record::Enqueue { msg, queues, .. } => {
                     segment.first_msg.get_or_insert(msg);
                     next_msg = next_msg.max(msg + 1);
                     let queues: Vec<(u64, bool)> = queues
@@ -99,16 +90,7 @@ pub fn recover(dir: &Path) -> std::io::Result<Recovered> {
                         .map(|q| (q, false))
                         .collect();
                     if !queues.is_empty() {
-                        pending.insert(
-                            msg,
-                            Pending {
-                                exchange,
-                                routing_key,
-                                header,
-                                body,
-                                queues,
-                            },
-                        );
+                        pending.insert(msg, Pending { location, queues });
                     }
                 }
                 Record::Deliver { queue, msg } => {
@@ -140,16 +122,9 @@ pub fn recover(dir: &Path) -> std::io::Result<Recovered> {
         {
             segment.live += p.queues.len() as u64;
         }
-        let msg = Arc::new(Message {
-            exchange: p.exchange.into(),
-            routing_key: p.routing_key.into(),
-            header: p.header,
-            body: p.body,
-            persistent: true,
-            store_id: id.into(),
-        });
         messages.push(RecoveredMessage {
-            msg,
+            id,
+            location: p.location,
             queues: p.queues,
         });
     }
