@@ -38,6 +38,11 @@ impl Broker {
         self.vhost.close_store();
     }
 
+    /// Messages in memory exceed the configured limit: publishers must wait.
+    pub fn memory_alarm(&self) -> bool {
+        crate::message::bytes_in_memory() > self.config.memory_limit
+    }
+
     pub fn next_connection_id(&self) -> ConnId {
         self.next_connection.fetch_add(1, Ordering::Relaxed)
     }

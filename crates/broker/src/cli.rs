@@ -29,6 +29,10 @@ pub struct Args {
     /// Largest message body accepted, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_MESSAGE_SIZE)]
     pub max_message_size: u64,
+    /// Bytes of messages in memory above which publishers are blocked
+    /// (default: 40% of physical memory).
+    #[arg(long)]
+    pub memory_limit: Option<usize>,
     /// Heartbeat interval proposed to clients, in seconds (0 disables).
     #[arg(long, default_value_t = DEFAULT_HEARTBEAT_SECS)]
     pub heartbeat: u16,
@@ -61,6 +65,9 @@ impl Args {
             heartbeat_secs: self.heartbeat,
             max_message_size: self.max_message_size,
             data_dir: self.data_dir.clone(),
+            memory_limit: self
+                .memory_limit
+                .unwrap_or_else(crate::config::default_memory_limit),
             ..BrokerConfig::default()
         }
     }

@@ -28,6 +28,27 @@ pub const OUTBOX_HIGH_WATER: usize = 1024 * 1024;
 /// paged out to the message log (see [`crate::queue`]).
 pub const QUEUE_MEMORY_HEAD: usize = 2048;
 
+/// Share of physical memory that message bodies may use before publishers are blocked
+/// (RabbitMQ's default high watermark).
+pub const MEMORY_HIGH_WATERMARK: f64 = 0.4;
+/// Used when physical memory cannot be read.
+pub const FALLBACK_MEMORY_LIMIT: usize = 1 << 30;
+/// How often a blocked publisher checks whether memory has been freed.
+pub const MEMORY_ALARM_POLL: Duration = Duration::from_millis(20);
+
+/// The default memory limit: [`MEMORY_HIGH_WATERMARK`] of physical memory.
+pub fn default_memory_limit() -> usize {
+    let total_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+            line.split_whitespace().nth(1)?.parse::<usize>().ok()
+        });
+    total_kib.map_or(FALLBACK_MEMORY_LIMIT, |kib| {
+        (kib as f64 * 1024.0 * MEMORY_HIGH_WATERMARK) as usize
+    })
+}
+
 /// A user of the PLAIN and AMQPLAIN mechanisms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
@@ -57,6 +78,9 @@ pub struct BrokerConfig {
     pub heartbeat_secs: u16,
     pub max_message_size: u64,
     pub max_connections: usize,
+    /// Bytes of messages held in memory above which publishing connections are blocked
+    /// (`connection.blocked`) until consumers or paging bring it back down.
+    pub memory_limit: usize,
     /// Where durable state will live (used by the store once durability lands).
     pub data_dir: Option<PathBuf>,
 }
@@ -70,6 +94,7 @@ impl Default for BrokerConfig {
             heartbeat_secs: DEFAULT_HEARTBEAT_SECS,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            memory_limit: default_memory_limit(),
             data_dir: None,
         }
     }

@@ -4,7 +4,15 @@
 
 use bytes::Bytes;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// Bytes held by messages in memory, process-wide: what the memory alarm watches.
+static IN_MEMORY: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes of message headers and bodies currently held in memory.
+pub fn bytes_in_memory() -> usize {
+    IN_MEMORY.load(Ordering::Relaxed)
+}
 
 /// One published message. Queues hold `Arc<Message>`; nothing is copied per queue.
 #[derive(Debug)]
@@ -33,6 +41,10 @@ impl Message {
         body: Bytes,
         persistent: bool,
     ) -> Self {
+        IN_MEMORY.fetch_add(
+            header.len() + body.len() + routing_key.len(),
+            Ordering::Relaxed,
+        );
         Self {
             exchange: exchange.into(),
             routing_key: routing_key.into(),
@@ -75,5 +87,11 @@ impl Message {
     /// Bytes this message occupies, for limits and accounting.
     pub fn size(&self) -> usize {
         self.header.len() + self.body.len() + self.routing_key.len()
+    }
+}
+
+impl Drop for Message {
+    fn drop(&mut self) {
+        IN_MEMORY.fetch_sub(self.size(), Ordering::Relaxed);
     }
 }

@@ -70,6 +70,7 @@ impl Connection {
             )
             .during(class_id, method_id));
         }
+        self.has_published = true;
         if args.immediate {
             return Err(AmqpError::not_implemented(
                 "immediate=true is not supported (as in RabbitMQ)",

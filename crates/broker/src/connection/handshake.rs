@@ -25,6 +25,8 @@ pub struct Negotiated {
     pub user: String,
     /// The client understands `basic.cancel` from the broker.
     pub cancel_notify: bool,
+    /// The client understands `connection.blocked` / `unblocked`.
+    pub blocked_notify: bool,
 }
 
 /// Why a handshake ended without an open connection.
@@ -86,6 +88,7 @@ pub async fn handshake(
         }
     };
     let cancel_notify = client_capability(&start_ok.client_properties, "consumer_cancel_notify");
+    let blocked_notify = client_capability(&start_ok.client_properties, "connection.blocked");
 
     send(
         stream,
@@ -160,6 +163,7 @@ pub async fn handshake(
         heartbeat: tune_ok.heartbeat,
         user,
         cancel_notify,
+        blocked_notify,
     })
 }
 

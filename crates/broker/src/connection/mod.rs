@@ -17,7 +17,7 @@ use crate::channel::ChannelState;
 use crate::codec::frame::{RawFrame, next_frame};
 use crate::codec::method::{method_ids, parse_method, put_method};
 use crate::codec::{FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD};
-use crate::config::{CLOSE_TIMEOUT, HANDSHAKE_TIMEOUT, OUTBOX_HIGH_WATER};
+use crate::config::{CLOSE_TIMEOUT, HANDSHAKE_TIMEOUT, MEMORY_ALARM_POLL, OUTBOX_HIGH_WATER};
 use crate::error::{AmqpError, code};
 use crate::outbox::{Outbox, batch};
 use crate::queue::ConnId;
@@ -53,6 +53,8 @@ pub struct Connection {
     pub(crate) channels: HashMap<u16, ChannelState>,
     /// `connection.close` was sent; only `close-ok` (or a crossing `close`) matters now.
     closing: bool,
+    /// The client has published: it is blocked while the memory alarm is on.
+    pub(crate) has_published: bool,
 }
 
 /// Serves one accepted socket until it closes or `shutdown` fires. Never panics on
@@ -100,6 +102,7 @@ pub async fn serve(
         tuning,
         channels: HashMap::new(),
         closing: false,
+        has_published: false,
     };
     conn.read_loop(reader, rbuf, heartbeat, shutdown).await;
     batch(|| broker.vhost.lock().close_connection(id));
@@ -148,6 +151,10 @@ impl Connection {
             if self.outbox.is_closed() {
                 return;
             }
+            if self.has_published && !self.closing && self.broker.memory_alarm() {
+                self.wait_out_memory_alarm(&shutdown).await;
+                continue;
+            }
             tokio::select! {
                 biased;
                 () = shutdown.cancelled(), if !self.closing => {
@@ -163,6 +170,39 @@ impl Connection {
                     }
                 },
             }
+        }
+    }
+
+    /// Stops reading from a publisher until memory is back under the limit, telling
+    /// clients that understand it with `connection.blocked` / `unblocked`.
+    async fn wait_out_memory_alarm(&mut self, shutdown: &CancellationToken) {
+        tracing::info!(
+            conn = self.id,
+            "memory alarm: blocking a publishing connection"
+        );
+        let notify = self.tuning.blocked_notify;
+        if notify {
+            self.send(
+                0,
+                &AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
+                    reason: "low on memory".into(),
+                })),
+            );
+        }
+        while self.broker.memory_alarm() {
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    self.close_connection(AmqpError::new(code::CONNECTION_FORCED, "broker shutdown"));
+                    return;
+                }
+                () = tokio::time::sleep(MEMORY_ALARM_POLL) => {}
+            }
+        }
+        if notify {
+            self.send(
+                0,
+                &AMQPClass::Connection(connection::AMQPMethod::Unblocked(connection::Unblocked {})),
+            );
         }
     }
 
