@@ -5,12 +5,14 @@
 //! buffered. Once the body is complete the message is routed; a mandatory message that
 //! reached no queue comes back with `basic.return` (312 NO_ROUTE) *before* its publisher
 //! confirm, which is written right after routing (transient messages; durable ones will
-//! be confirmed once on disk).
+//! be confirmed once on disk). A message refused by a full queue (`x-overflow =
+//! reject-publish[-dlx]`) is nacked in confirm mode, and not returned even if mandatory,
+//! as RabbitMQ does.
 
 use crate::codec::content::{
     ContentHeader, headers_table, parse_content_header, routing_keys, without_bcc,
 };
-use crate::codec::delivery::{ChannelOut, Content, Origin, put_ack, put_return};
+use crate::codec::delivery::{ChannelOut, Content, Origin, put_ack, put_nack, put_return};
 use crate::codec::frame::RawFrame;
 use crate::codec::publish::parse_publish;
 use crate::codec::{CLASS_BASIC, FRAME_BODY, FRAME_HEADER};
@@ -178,7 +180,13 @@ impl Connection {
             .broker
             .vhost
             .lock()
-            .publish(&exchange, &extra_keys, headers.as_ref(), msg.clone())
+            .publish(
+                &exchange,
+                &extra_keys,
+                headers.as_ref(),
+                header.expiration_ms,
+                msg.clone(),
+            )
             .map_err(during)?;
         let out = ChannelOut {
             channel: ch,
@@ -196,8 +204,10 @@ impl Connection {
                 };
                 put_return(buf, out, code::NO_ROUTE, "NO_ROUTE", origin, content);
             }
-            if let Some(tag) = confirm_tag {
-                put_ack(buf, ch, tag, false);
+            match confirm_tag {
+                Some(tag) if routed == Routed::Rejected => put_nack(buf, ch, tag, false),
+                Some(tag) => put_ack(buf, ch, tag, false),
+                None => {}
             }
         });
         Ok(())

@@ -10,6 +10,7 @@ const METHOD_RETURN: u16 = 50;
 const METHOD_DELIVER: u16 = 60;
 const METHOD_GET_OK: u16 = 71;
 const METHOD_ACK: u16 = 80;
+const METHOD_NACK: u16 = 120;
 
 /// Where a message was published: the exchange and routing key a consumer is told.
 #[derive(Debug, Clone, Copy)]
@@ -104,6 +105,16 @@ pub fn put_ack(out: &mut Vec<u8>, channel: u16, delivery_tag: u64, multiple: boo
         put_ids(o, METHOD_ACK);
         o.extend_from_slice(&delivery_tag.to_be_bytes());
         o.push(u8::from(multiple));
+    });
+}
+
+/// `basic.nack` from the broker: a negative publisher confirm (the message was refused,
+/// e.g. by a full queue with `x-overflow = reject-publish`).
+pub fn put_nack(out: &mut Vec<u8>, channel: u16, delivery_tag: u64, multiple: bool) {
+    put_frame(out, FRAME_METHOD, channel, |o| {
+        put_ids(o, METHOD_NACK);
+        o.extend_from_slice(&delivery_tag.to_be_bytes());
+        o.push(u8::from(multiple)); // requeue = false
     });
 }
 
