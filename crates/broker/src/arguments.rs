@@ -1,11 +1,13 @@
 //! The `x-` arguments of `queue.declare` that the broker acts on: their names (the only
 //! place they are spelled), their validation and the parsed [`QueueArgs`] a queue keeps.
 //!
-//! Validation follows RabbitMQ 3.10 (`rabbit_amqqueue:declare_args/0`): integer
-//! arguments accept any AMQP integer type, TTLs must lie in `0..=`[`MAX_EXPIRY_MS`],
+//! Validation follows RabbitMQ 3.10 (`rabbit_amqqueue:declare_args/0`, checked against
+//! 3.10.8): integer arguments accept any AMQP integer type and must not be negative,
 //! `x-expires` must also be non-zero, and a wrong type or value is refused with
-//! 406 PRECONDITION_FAILED in RabbitMQ's words:
-//! `invalid arg 'x-message-ttl' for queue 'q' in vhost '/': {value_negative,-1}`.
+//! 406 PRECONDITION_FAILED in RabbitMQ's words, e.g.
+//! `invalid arg 'x-message-ttl' for queue 'q' in vhost '/': {value_negative,-1}` or
+//! `... : "expected integer, got longstr"`. A non-string `x-dead-letter-exchange` is
+//! reported first, in RabbitMQ's other wording (`invalid type 'long' for arg ...`).
 //! Arguments the broker does not know are kept (and compared on redeclare) but ignored.
 
 use crate::error::AmqpError;
@@ -26,9 +28,6 @@ pub const OVERFLOW: &str = "x-overflow";
 pub const DEAD_LETTER_EXCHANGE: &str = "x-dead-letter-exchange";
 /// The routing key dead letters are published with (default: their own).
 pub const DEAD_LETTER_ROUTING_KEY: &str = "x-dead-letter-routing-key";
-
-/// The largest TTL or `x-expires` RabbitMQ accepts (`?MAX_EXPIRY_TIMER`), about 49 days.
-pub const MAX_EXPIRY_MS: u64 = 4_294_967_295;
 
 /// `x-overflow`: what a full queue does with one more message.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -79,10 +78,10 @@ pub struct QueueArgs {
 /// Why an argument was refused, printed as RabbitMQ prints its Erlang error terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Invalid {
+    NotInteger(&'static str),
     UnacceptableType(&'static str),
     Negative(i64),
     Zero,
-    TooLarge(i64),
     InvalidOverflow,
     RoutingKeyWithoutDlx,
 }
@@ -90,10 +89,10 @@ enum Invalid {
 impl std::fmt::Display for Invalid {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Invalid::NotInteger(t) => write!(f, "\"expected integer, got {t}\""),
             Invalid::UnacceptableType(t) => write!(f, "{{unacceptable_type,{t}}}"),
             Invalid::Negative(v) => write!(f, "{{value_negative,{v}}}"),
             Invalid::Zero => write!(f, "{{value_zero,0}}"),
-            Invalid::TooLarge(v) => write!(f, "{{value_too_large,{v}}}"),
             Invalid::InvalidOverflow => write!(
                 f,
                 "invalid_overflow (expected drop-head, reject-publish or reject-publish-dlx)"
@@ -135,21 +134,13 @@ fn integer(value: &AMQPValue) -> Result<i64, Invalid> {
         AMQPValue::LongInt(v) => i64::from(*v),
         AMQPValue::LongUInt(v) => i64::from(*v),
         AMQPValue::LongLongInt(v) => *v,
-        other => return Err(Invalid::UnacceptableType(type_name(other))),
+        other => return Err(Invalid::NotInteger(type_name(other))),
     })
 }
 
 fn non_negative(value: &AMQPValue) -> Result<u64, Invalid> {
     let v = integer(value)?;
     u64::try_from(v).map_err(|_| Invalid::Negative(v))
-}
-
-fn expiry(value: &AMQPValue) -> Result<u64, Invalid> {
-    let ms = non_negative(value)?;
-    if ms > MAX_EXPIRY_MS {
-        return Err(Invalid::TooLarge(ms as i64));
-    }
-    Ok(ms)
 }
 
 fn string(value: &AMQPValue) -> Result<Arc<str>, Invalid> {
@@ -164,16 +155,17 @@ impl QueueArgs {
     /// Validates and parses the arguments of a `queue.declare` for queue `queue`.
     pub fn parse(queue: &str, arguments: &FieldTable) -> Result<QueueArgs, AmqpError> {
         let args = arguments.inner();
-        let check = |name: &'static str, parse: &dyn Fn(&AMQPValue) -> Result<(), Invalid>| {
-            match args.get(name) {
+        let check =
+            |name: &'static str, parse: &dyn Fn(&AMQPValue) -> Result<(), Invalid>| match args
+                .get(name)
+            {
                 None => Ok(()),
                 Some(value) => parse(value).map_err(|why| {
                     AmqpError::precondition_failed(format!(
                         "invalid arg '{name}' for queue '{queue}' in vhost '/': {why}"
                     ))
                 }),
-            }
-        };
+            };
         let mut out = QueueArgs::default();
         let mut limits = Limits {
             max_length: None,
@@ -182,17 +174,25 @@ impl QueueArgs {
         };
         let mut dlx = None;
         let mut dlrk = None;
+        if let Some(value) = args.get(DEAD_LETTER_EXCHANGE) {
+            if string(value).is_err() {
+                return Err(AmqpError::precondition_failed(format!(
+                    "invalid type '{}' for arg '{DEAD_LETTER_EXCHANGE}' in queue '{queue}' in vhost '/'",
+                    type_name(value)
+                )));
+            }
+        }
         // Checked in RabbitMQ's order, so the first complaint is the same.
         check(EXPIRES, &|v| {
-            let ms = expiry(v)?;
+            let ms = non_negative(v)?;
             if ms == 0 {
                 return Err(Invalid::Zero);
             }
             Ok(())
         })?;
-        out.expires_ms = args.get(EXPIRES).and_then(|v| expiry(v).ok());
-        check(MESSAGE_TTL, &|v| expiry(v).map(drop))?;
-        out.message_ttl_ms = args.get(MESSAGE_TTL).and_then(|v| expiry(v).ok());
+        out.expires_ms = args.get(EXPIRES).and_then(|v| non_negative(v).ok());
+        check(MESSAGE_TTL, &|v| non_negative(v).map(drop))?;
+        out.message_ttl_ms = args.get(MESSAGE_TTL).and_then(|v| non_negative(v).ok());
         check(DEAD_LETTER_EXCHANGE, &|v| string(v).map(drop))?;
         if let Some(v) = args.get(DEAD_LETTER_EXCHANGE) {
             dlx = string(v).ok();
@@ -210,7 +210,9 @@ impl QueueArgs {
         check(MAX_LENGTH, &|v| non_negative(v).map(drop))?;
         limits.max_length = args.get(MAX_LENGTH).and_then(|v| non_negative(v).ok());
         check(MAX_LENGTH_BYTES, &|v| non_negative(v).map(drop))?;
-        limits.max_bytes = args.get(MAX_LENGTH_BYTES).and_then(|v| non_negative(v).ok());
+        limits.max_bytes = args
+            .get(MAX_LENGTH_BYTES)
+            .and_then(|v| non_negative(v).ok());
         let overflow = |v: &AMQPValue| -> Result<Overflow, Invalid> {
             let name = string(v)?;
             Overflow::NAMES
@@ -260,9 +262,15 @@ mod tests {
                 (EXPIRES, AMQPValue::LongLongInt(5000)),
                 (MAX_LENGTH, AMQPValue::ShortUInt(3)),
                 (MAX_LENGTH_BYTES, AMQPValue::LongUInt(1000)),
-                (OVERFLOW, AMQPValue::LongString(LongString::from("reject-publish"))),
+                (
+                    OVERFLOW,
+                    AMQPValue::LongString(LongString::from("reject-publish")),
+                ),
                 (DEAD_LETTER_EXCHANGE, AMQPValue::LongString("dlx".into())),
-                (DEAD_LETTER_ROUTING_KEY, AMQPValue::LongString("dead".into())),
+                (
+                    DEAD_LETTER_ROUTING_KEY,
+                    AMQPValue::LongString("dead".into()),
+                ),
             ]),
         )
         .unwrap();
@@ -277,22 +285,39 @@ mod tests {
             })
         );
         let dl = args.dead_letter.unwrap();
-        assert_eq!((&*dl.exchange, dl.routing_key.as_deref()), ("dlx", Some("dead")));
+        assert_eq!(
+            (&*dl.exchange, dl.routing_key.as_deref()),
+            ("dlx", Some("dead"))
+        );
     }
 
     #[test]
     fn wrong_values_and_types_name_the_argument_and_the_reason() {
         let text = refusal(&[(MESSAGE_TTL, AMQPValue::LongInt(-1))]);
-        assert!(text.contains("'x-message-ttl'") && text.contains("value_negative"), "{text}");
+        assert!(
+            text.contains("'x-message-ttl'") && text.contains("value_negative"),
+            "{text}"
+        );
         let text = refusal(&[(EXPIRES, AMQPValue::LongInt(0))]);
-        assert!(text.contains("'x-expires'") && text.contains("value_zero"), "{text}");
+        assert!(
+            text.contains("'x-expires'") && text.contains("value_zero"),
+            "{text}"
+        );
         let text = refusal(&[(MAX_LENGTH, AMQPValue::LongString("ten".into()))]);
-        assert!(text.contains("unacceptable_type,longstr"), "{text}");
+        assert!(text.contains("expected integer, got longstr"), "{text}");
+        let text = refusal(&[(OVERFLOW, AMQPValue::LongLongInt(1))]);
+        assert!(text.contains("unacceptable_type,long"), "{text}");
+        let text = refusal(&[
+            (MESSAGE_TTL, AMQPValue::LongInt(-1)),
+            (DEAD_LETTER_EXCHANGE, AMQPValue::LongInt(1)),
+        ]);
+        assert!(
+            text.contains("invalid type 'signedint' for arg 'x-dead-letter-exchange'"),
+            "{text}"
+        );
         let text = refusal(&[(OVERFLOW, AMQPValue::LongString("drop-tail".into()))]);
         assert!(text.contains("invalid_overflow"), "{text}");
         let text = refusal(&[(DEAD_LETTER_ROUTING_KEY, AMQPValue::LongString("k".into()))]);
         assert!(text.contains("routing_key_but_no_dlx_defined"), "{text}");
-        let text = refusal(&[(MESSAGE_TTL, AMQPValue::LongLongInt(1 << 40))]);
-        assert!(text.contains("value_too_large"), "{text}");
     }
 }

@@ -194,7 +194,10 @@ fn record_death(table: &mut FieldTable, mut info: FieldTable, dead: &DeadLetter)
     };
     let mut deaths = vec![AMQPValue::FieldTable(entry)];
     deaths.extend(others);
-    table.insert(X_DEATH.into(), AMQPValue::FieldArray(FieldArray::from(deaths)));
+    table.insert(
+        X_DEATH.into(),
+        AMQPValue::FieldArray(FieldArray::from(deaths)),
+    );
 }
 
 /// Whether delivering a dead letter with `headers` to `queue` closes a cycle: the queue is
@@ -297,7 +300,11 @@ mod tests {
         let out = die(msg.clone(), Reason::Expired, "q1", None);
         assert_eq!(&*out.msg.exchange, "dlx");
         assert_eq!(&*out.msg.routing_key, "rk");
-        assert_eq!(out.msg.body.as_ptr(), msg.body.as_ptr(), "the body is shared");
+        assert_eq!(
+            out.msg.body.as_ptr(),
+            msg.body.as_ptr(),
+            "the body is shared"
+        );
         let parsed = parse_content_header(&out.msg.header).unwrap();
         assert_eq!((parsed.body_size, parsed.expiration_ms), (4, None));
         let headers = headers_table(&out.msg.header, parsed.headers.as_ref().unwrap()).unwrap();
@@ -319,7 +326,12 @@ mod tests {
 
     #[test]
     fn a_second_death_for_the_same_queue_and_reason_counts_up_and_moves_first() {
-        let first = die(message(AMQPProperties::default()), Reason::Rejected, "a", None);
+        let first = die(
+            message(AMQPProperties::default()),
+            Reason::Rejected,
+            "a",
+            None,
+        );
         let second = die(first.msg, Reason::Expired, "b", None);
         let third = die(second.msg, Reason::Rejected, "a", Some("k"));
         let d = deaths(&third.headers);
@@ -336,10 +348,18 @@ mod tests {
 
     #[test]
     fn cycles_without_a_rejection_are_detected() {
-        let once = die(message(AMQPProperties::default()), Reason::Expired, "a", None);
+        let once = die(
+            message(AMQPProperties::default()),
+            Reason::Expired,
+            "a",
+            None,
+        );
         assert!(is_cycle(&once.headers, "a"));
         assert!(!is_cycle(&once.headers, "b"));
         let rejected = die(once.msg, Reason::Rejected, "b", None);
-        assert!(!is_cycle(&rejected.headers, "a"), "a client rejected it in b");
+        assert!(
+            !is_cycle(&rejected.headers, "a"),
+            "a client rejected it in b"
+        );
     }
 }

@@ -183,7 +183,10 @@ impl Queue {
 
     /// The deadline of the head message, if it has one.
     pub fn head_deadline(&self) -> Option<u64> {
-        self.ready.front().map(|m| m.deadline).filter(|&d| d != NEVER)
+        self.ready
+            .front()
+            .map(|m| m.deadline)
+            .filter(|&d| d != NEVER)
     }
 
     /// Hands a message that died here to the dead-letter exchange, if the queue has one;

@@ -773,7 +773,13 @@ impl State {
             )));
         }
         let mut targets = std::mem::take(&mut self.route_buf);
-        self.route(exchange, &msg.routing_key, extra_keys, headers, &mut targets);
+        self.route(
+            exchange,
+            &msg.routing_key,
+            extra_keys,
+            headers,
+            &mut targets,
+        );
         let routed = targets.len();
         let mut rejected = false;
         for name in &targets {
