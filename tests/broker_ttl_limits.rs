@@ -415,7 +415,7 @@ async fn reject_publish_without_confirms_drops_silently_and_keeps_the_channel() 
     )
     .await;
     for m in ["first", "second"] {
-        let _ = timeout(ch.basic_publish(
+        let confirm = timeout(ch.basic_publish(
             "".into(),
             q.as_str().into(),
             BasicPublishOptions::default(),
@@ -424,6 +424,8 @@ async fn reject_publish_without_confirms_drops_silently_and_keeps_the_channel() 
         ))
         .await
         .expect("basic.publish");
+        let outcome = timeout(confirm).await.expect("publish outcome");
+        assert!(matches!(outcome, Confirmation::NotRequested), "{outcome:?}");
     }
     // A synchronous method on the same channel: both publishes have been handled.
     assert_eq!(get(&ch, &q).await.as_deref(), Some("first"));

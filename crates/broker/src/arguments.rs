@@ -82,7 +82,7 @@ enum Invalid {
     UnacceptableType(&'static str),
     Negative(i64),
     Zero,
-    InvalidOverflow,
+    Overflow,
     RoutingKeyWithoutDlx,
 }
 
@@ -93,7 +93,7 @@ impl std::fmt::Display for Invalid {
             Invalid::UnacceptableType(t) => write!(f, "{{unacceptable_type,{t}}}"),
             Invalid::Negative(v) => write!(f, "{{value_negative,{v}}}"),
             Invalid::Zero => write!(f, "{{value_zero,0}}"),
-            Invalid::InvalidOverflow => write!(
+            Invalid::Overflow => write!(
                 f,
                 "invalid_overflow (expected drop-head, reject-publish or reject-publish-dlx)"
             ),
@@ -174,13 +174,13 @@ impl QueueArgs {
         };
         let mut dlx = None;
         let mut dlrk = None;
-        if let Some(value) = args.get(DEAD_LETTER_EXCHANGE) {
-            if string(value).is_err() {
-                return Err(AmqpError::precondition_failed(format!(
-                    "invalid type '{}' for arg '{DEAD_LETTER_EXCHANGE}' in queue '{queue}' in vhost '/'",
-                    type_name(value)
-                )));
-            }
+        if let Some(value) = args.get(DEAD_LETTER_EXCHANGE)
+            && string(value).is_err()
+        {
+            return Err(AmqpError::precondition_failed(format!(
+                "invalid type '{}' for arg '{DEAD_LETTER_EXCHANGE}' in queue '{queue}' in vhost '/'",
+                type_name(value)
+            )));
         }
         // Checked in RabbitMQ's order, so the first complaint is the same.
         check(EXPIRES, &|v| {
@@ -219,7 +219,7 @@ impl QueueArgs {
                 .iter()
                 .find(|(n, _)| *n == &*name)
                 .map(|(_, o)| *o)
-                .ok_or(Invalid::InvalidOverflow)
+                .ok_or(Invalid::Overflow)
         };
         check(OVERFLOW, &|v| overflow(v).map(drop))?;
         if let Some(v) = args.get(OVERFLOW) {
