@@ -7,14 +7,17 @@
 //! - [`connection`]: handshake, reading frames, writing through the [`outbox`];
 //! - [`channel`]: per-channel state and the handler of every method;
 //! - [`vhost`]: exchanges, queues, consumers and deliveries behind one lock, with
-//!   routing in [`exchange`] and queue contents in [`queue`];
+//!   routing in [`exchange`] and queue contents and length limits in [`queue`];
 //! - [`store`]: durable topology and persistent messages on disk (group commit);
+//! - [`arguments`]: the `x-` queue arguments, validated; [`expiry`]: TTLs, `x-expires`
+//!   and the timer task; [`deadletter`]: the dead-lettered copy and its `x-death`;
 //! - [`codec`]: frames, the hand-parsed hot path and `amq-protocol` for the rest;
 //! - [`config`]: every setting and bound, with defaults.
 //!
 //! Library entry points: [`Broker::open`] recovers the store, then [`serve`] takes the
 //! broker, an already bound listener and a shutdown future.
 
+pub mod arguments;
 pub mod broker;
 pub mod channel;
 pub mod cli;
@@ -22,8 +25,10 @@ pub mod codec;
 pub mod config;
 pub mod confirm;
 pub mod connection;
+pub mod deadletter;
 pub mod error;
 pub mod exchange;
+pub mod expiry;
 pub mod message;
 pub mod names;
 pub mod outbox;

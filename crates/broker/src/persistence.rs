@@ -1,7 +1,9 @@
 //! How the vhost uses the store: the durable topology snapshot, recovery at start-up,
 //! and recording that a stored message left a durable queue.
 
+use crate::arguments::QueueArgs;
 use crate::exchange::{Binding, Exchange, ExchangeKind};
+use crate::expiry::{NEVER, message_deadline};
 use crate::queue::Queue;
 use crate::store::Recovered;
 use crate::store::metadata::{self, BindingDef, ExchangeDef, QueueDef, Topology};
@@ -92,7 +94,22 @@ impl State {
             let name: Arc<str> = q.name.as_str().into();
             by_id.insert(q.id, name.clone());
             self.next_queue_id = self.next_queue_id.max(q.id);
-            let queue = Queue::new(name.clone(), q.id, true, None, q.auto_delete, q.arguments);
+            let args = QueueArgs::parse(&q.name, &q.arguments).unwrap_or_else(|e| {
+                tracing::warn!(
+                    "queue '{}' has arguments this broker refuses ({e}); they are ignored",
+                    q.name
+                );
+                QueueArgs::default()
+            });
+            let queue = Queue::new(
+                name.clone(),
+                q.id,
+                true,
+                None,
+                q.auto_delete,
+                q.arguments,
+                args,
+            );
             self.queues.insert(name, queue);
         }
         self.next_queue_id = self.next_queue_id.max(topology.next_queue_id);
@@ -105,6 +122,7 @@ impl State {
                 });
             }
         }
+        let now = self.timers.now();
         for recovered in messages {
             for (queue_id, delivered) in recovered.queues {
                 let Some(q) = by_id
@@ -113,7 +131,18 @@ impl State {
                 else {
                     continue;
                 };
-                q.push_paged(recovered.id, recovered.location, delivered);
+                // Expiry restarts from now: deadlines are not kept across restarts.
+                let deadline = match q.args.message_ttl_ms {
+                    Some(ttl) => message_deadline(now, Some(ttl), None),
+                    None => NEVER,
+                };
+                q.push_paged(
+                    recovered.id,
+                    recovered.location,
+                    recovered.body_len,
+                    deadline,
+                    delivered,
+                );
             }
         }
     }

@@ -21,6 +21,7 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: impl Fu
     let limit = Arc::new(Semaphore::new(broker.config.max_connections));
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
+    tasks.spawn(crate::expiry::run(broker.clone(), stop.child_token()));
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {

@@ -7,12 +7,25 @@
 //! message never waits in an intermediate channel. Deliveries obey each consumer's
 //! prefetch, the channel's global prefetch, `channel.flow` and the consumer connection's
 //! outbox bound.
+//!
+//! Expiry, limits and dead-lettering hook in at three points: [`State::publish`] (and
+//! the republishing of dead letters) queues through `enqueue`, which applies
+//! `reject-publish` and computes each message's deadline; `dispatch` checks the head for
+//! expiry before each delivery, then trims a `drop-head` queue to its limits, expires
+//! what is due and schedules the head's timer; and [`State::run_timers`], called by the
+//! [`crate::expiry::run`] task, handles what is due. Messages that die are collected
+//! while the lock is held and republished to their dead-letter exchanges when the
+//! [`VhostGuard`] is dropped, iteratively (a dead letter can cause more), so every
+//! method gets this without remembering to.
 
+use crate::arguments::{Overflow, QueueArgs};
 use crate::codec::delivery::{ChannelOut, Content, Origin, put_deliver, put_get_ok};
 use crate::codec::method::put_method;
 use crate::confirm::Confirm;
+use crate::deadletter::{self, DeadLetter, Reason};
 use crate::error::AmqpError;
 use crate::exchange::{Binding, Exchange, ExchangeKind};
+use crate::expiry::{Due, NEVER, TimerKind, Timers, message_deadline};
 use crate::message::Message;
 use crate::outbox::Outbox;
 use crate::queue::{ChannelKey, ConnId, Consumer, Queue, Queued};
@@ -20,7 +33,9 @@ use crate::store::{Recovered, Store};
 use amq_protocol::protocol::{AMQPClass, basic};
 use amq_protocol::types::{AMQPValue, FieldTable};
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The shared broker state.
 #[derive(Debug, Default)]
@@ -74,8 +89,32 @@ impl Vhost {
     }
 
     /// Locks the state for one operation. Never hold the guard across an `.await`.
-    pub fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    pub fn lock(&self) -> VhostGuard<'_> {
+        VhostGuard(self.state.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// The locked state. Dropping it republishes the messages that died meanwhile (see the
+/// module doc) before the lock is released.
+#[derive(Debug)]
+pub struct VhostGuard<'a>(MutexGuard<'a, State>);
+
+impl Deref for VhostGuard<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.0
+    }
+}
+
+impl DerefMut for VhostGuard<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.0
+    }
+}
+
+impl Drop for VhostGuard<'_> {
+    fn drop(&mut self) {
+        self.0.finish_operation();
     }
 }
 
@@ -158,6 +197,8 @@ struct Unacked {
     msg: Arc<Message>,
     /// The message is in the store for this queue: settling it must be recorded.
     stored: bool,
+    /// The message's deadline, restored if it is requeued.
+    deadline: u64,
 }
 
 /// How `queue.declare` was asked.
@@ -199,6 +240,9 @@ pub enum Routed {
     Queued(usize),
     /// No queue matched.
     Unroutable,
+    /// At least one matching queue refused it (`x-overflow = reject-publish[-dlx]`): the
+    /// publisher gets `basic.nack` (and no `basic.return`, even if mandatory).
+    Rejected,
 }
 
 /// The locked state of the vhost.
@@ -212,6 +256,10 @@ pub struct State {
     route_buf: Vec<Arc<str>>,
     /// Where durable topology and persistent messages go; `None` keeps them in memory.
     pub(crate) store: Option<Arc<Store>>,
+    /// Message and queue expiry timers, and the clock.
+    pub(crate) timers: Timers,
+    /// Messages that died during this operation, to republish before unlocking.
+    dead: Vec<DeadLetter>,
 }
 
 fn no_queue(name: &str) -> AmqpError {
@@ -424,7 +472,14 @@ impl State {
         conn: ConnId,
         spec: QueueSpec,
     ) -> Result<(Arc<str>, u32, u32), AmqpError> {
-        if let Some(q) = self.queues.get(spec.name.as_str()) {
+        // As RabbitMQ: invalid arguments are refused before looking for the queue.
+        let args = if spec.passive {
+            QueueArgs::default()
+        } else {
+            QueueArgs::parse(&spec.name, &spec.arguments)?
+        };
+        let State { queues, timers, .. } = &mut *self;
+        if let Some(q) = queues.get_mut(spec.name.as_str()) {
             if !q.accessible_by(conn) {
                 return Err(locked(&spec.name));
             }
@@ -442,6 +497,7 @@ impl State {
                     return Err(inequivalent(&arg, "queue", &spec.name, r, c));
                 }
             }
+            touch(q, timers);
             return Ok((q.name.clone(), q.message_count(), q.consumer_count()));
         }
         if spec.passive {
@@ -454,7 +510,7 @@ impl State {
             )));
         }
         let name: Arc<str> = spec.name.as_str().into();
-        self.create_queue(name, conn, spec)
+        self.create_queue(name, conn, spec, args)
     }
 
     /// Declares a queue with a server-generated `amq.gen-…` name.
@@ -463,6 +519,7 @@ impl State {
         conn: ConnId,
         spec: QueueSpec,
     ) -> Result<(Arc<str>, u32, u32), AmqpError> {
+        let args = QueueArgs::parse("", &spec.arguments)?;
         loop {
             let name: Arc<str> = format!(
                 "{}{}",
@@ -471,7 +528,7 @@ impl State {
             )
             .into();
             if !self.queues.contains_key(&name) {
-                return self.create_queue(name, conn, spec);
+                return self.create_queue(name, conn, spec, args);
             }
         }
     }
@@ -481,16 +538,19 @@ impl State {
         name: Arc<str>,
         conn: ConnId,
         spec: QueueSpec,
+        args: QueueArgs,
     ) -> Result<(Arc<str>, u32, u32), AmqpError> {
         self.next_queue_id += 1;
-        let queue = Queue::new(
+        let mut queue = Queue::new(
             name.clone(),
             self.next_queue_id,
             spec.durable,
             spec.exclusive.then_some(conn),
             spec.auto_delete,
             spec.arguments,
+            args,
         );
+        touch(&mut queue, &mut self.timers);
         let durable = queue.is_persisted();
         self.queues.insert(name.clone(), queue);
         if durable {
@@ -706,6 +766,8 @@ impl State {
         q.consumers.retain(|c| &*c.tag != tag);
         if q.auto_delete && q.had_consumer && q.consumers.is_empty() {
             self.remove_queue(queue);
+        } else {
+            touch(q, &mut self.timers);
         }
     }
 
@@ -729,13 +791,15 @@ impl State {
 
     // ---- publishing ----
 
-    /// Routes a message through `exchange` (plus the `CC`/`BCC` keys) and queues it.
-    /// An unroutable message is dropped; the caller returns it when it was mandatory.
+    /// Routes a message through `exchange` (plus the `CC`/`BCC` keys) and queues it with
+    /// its per-message TTL `expiration_ms`. An unroutable message is dropped; the caller
+    /// returns it when it was mandatory.
     pub fn publish(
         &mut self,
         exchange: &str,
         extra_keys: &[String],
         headers: Option<&FieldTable>,
+        expiration_ms: Option<u64>,
         msg: Arc<Message>,
         confirm: Option<Confirm>,
     ) -> Result<(Routed, Option<Confirm>), AmqpError> {
@@ -749,43 +813,38 @@ impl State {
             )));
         }
         let mut targets = std::mem::take(&mut self.route_buf);
-        targets.clear();
-        for key in std::iter::once(&*msg.routing_key).chain(extra_keys.iter().map(String::as_str)) {
-            if exchange.is_empty() {
-                if let Some(q) = self.queues.get(key) {
-                    targets.push(q.name.clone());
-                }
-            } else {
-                ex.route(key, headers, &mut targets);
-            }
-        }
-        if targets.len() > 1 {
-            targets.sort_unstable();
-            targets.dedup();
-        }
+        self.route(
+            exchange,
+            &msg.routing_key,
+            extra_keys,
+            headers,
+            &mut targets,
+        );
         let routed = targets.len();
         let mut durable = Vec::new();
-        let spill = self.store.is_some();
+        let mut rejected = false;
         for name in &targets {
-            if let Some(q) = self.queues.get_mut(name) {
-                let persisted = q.is_persisted();
-                q.push_back(
-                    Queued {
-                        msg: msg.clone(),
-                        redelivered: false,
-                    },
-                    spill && persisted,
-                );
-                if msg.persistent && persisted {
-                    durable.push(q.id);
-                }
+            if !self.enqueue(name, &msg, expiration_ms) {
+                rejected = true;
+            } else if let Some(q) = self
+                .queues
+                .get(name)
+                .filter(|q| msg.persistent && q.is_persisted())
+            {
+                durable.push(q.id);
             }
         }
         // Written before any delivery, so deliver records follow the enqueue record.
         let confirm = match &self.store {
             Some(store) if !durable.is_empty() => {
-                store.enqueue(&msg, durable, confirm);
-                None
+                // A refusing queue makes the confirm a nack, which need not wait.
+                let (waits, now) = if rejected {
+                    (None, confirm)
+                } else {
+                    (confirm, None)
+                };
+                store.enqueue(&msg, durable, waits);
+                now
             }
             _ => confirm,
         };
@@ -798,10 +857,171 @@ impl State {
         self.route_buf = targets;
         let routed = if routed == 0 {
             Routed::Unroutable
+        } else if rejected {
+            Routed::Rejected
         } else {
             Routed::Queued(routed)
         };
         Ok((routed, confirm))
+    }
+
+    /// The queues `exchange` routes `routing_key` and `extra_keys` to, deduplicated, into
+    /// `targets` (cleared first). A missing exchange routes nowhere.
+    fn route(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        extra_keys: &[String],
+        headers: Option<&FieldTable>,
+        targets: &mut Vec<Arc<str>>,
+    ) {
+        targets.clear();
+        let Some(ex) = self.exchanges.get(exchange) else {
+            return;
+        };
+        for key in std::iter::once(routing_key).chain(extra_keys.iter().map(String::as_str)) {
+            if exchange.is_empty() {
+                if let Some(q) = self.queues.get(key) {
+                    targets.push(q.name.clone());
+                }
+            } else {
+                ex.route(key, headers, targets);
+            }
+        }
+        if targets.len() > 1 {
+            targets.sort_unstable();
+            targets.dedup();
+        }
+    }
+
+    /// Appends a message to queue `name`; `false` if the queue refused it because it is
+    /// full and overflows with `reject-publish[-dlx]`.
+    fn enqueue(&mut self, name: &str, msg: &Arc<Message>, expiration_ms: Option<u64>) -> bool {
+        let State {
+            queues,
+            timers,
+            dead,
+            store,
+            ..
+        } = self;
+        let Some(q) = queues.get_mut(name) else {
+            return true;
+        };
+        let spill = store.is_some() && q.is_persisted();
+        if let Some(limits) = &q.args.limits {
+            let overflow = limits.overflow;
+            if overflow != Overflow::DropHead && q.would_overflow(msg.body.len()) {
+                if overflow == Overflow::RejectPublishDlx {
+                    q.dead_letter(msg.clone(), Reason::MaxLen, dead);
+                }
+                return false;
+            }
+        }
+        let deadline = match (q.args.message_ttl_ms, expiration_ms) {
+            (None, None) => NEVER,
+            (ttl, expiration) => message_deadline(timers.now(), ttl, expiration),
+        };
+        q.push(
+            Queued {
+                msg: msg.clone(),
+                redelivered: false,
+                deadline,
+            },
+            spill,
+        );
+        true
+    }
+
+    // ---- expiry and dead letters ----
+
+    /// The timer heap (for the [`crate::expiry::run`] task).
+    pub fn timers(&self) -> &Timers {
+        &self.timers
+    }
+
+    /// Handles every timer that is due: expires queue heads and unused queues.
+    pub fn run_timers(&mut self) {
+        let now = self.timers.now();
+        while let Some(due) = self.timers.pop_due(now) {
+            let Some(q) = self
+                .queues
+                .get_mut(&due.queue)
+                .filter(|q| q.id == due.queue_id)
+            else {
+                continue;
+            };
+            match due.kind {
+                TimerKind::Head => {
+                    if q.head_timer == Some(due.deadline) {
+                        q.head_timer = None;
+                    }
+                    let name = q.name.clone();
+                    self.dispatch(&name);
+                }
+                TimerKind::Queue => {
+                    q.expiry_timer = false;
+                    if !q.consumers.is_empty() {
+                        continue; // in use; the last consumer to go re-arms it
+                    }
+                    if q.expires_at <= now {
+                        let name = q.name.clone();
+                        tracing::debug!(queue = %name, "unused queue expired (x-expires)");
+                        self.remove_queue(&name);
+                    } else {
+                        arm_queue_expiry(q, &mut self.timers);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Called when the lock is released: republishes dead letters, forgets "now".
+    fn finish_operation(&mut self) {
+        if !self.dead.is_empty() {
+            self.republish_dead_letters();
+        }
+        self.timers.forget_now();
+    }
+
+    /// Publishes every collected dead letter to its dead-letter exchange, in the order
+    /// the messages died, until no more die. Terminates: a dead letter that would go
+    /// back to a queue it died in without a rejection on the way is dropped
+    /// ([`deadletter::is_cycle`]).
+    fn republish_dead_letters(&mut self) {
+        let now_secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut targets = Vec::new();
+        while !self.dead.is_empty() {
+            for dead in std::mem::take(&mut self.dead) {
+                let Some(copy) = deadletter::make_message(&dead, now_secs) else {
+                    tracing::warn!(queue = %dead.queue, "dead letter with an undecodable header dropped");
+                    continue;
+                };
+                self.route(
+                    &dead.target.exchange,
+                    &copy.msg.routing_key,
+                    &copy.extra_keys,
+                    Some(&copy.headers),
+                    &mut targets,
+                );
+                if dead.reason != Reason::Rejected {
+                    targets.retain(|q| {
+                        let cycle = deadletter::is_cycle(&copy.headers, q);
+                        if cycle {
+                            tracing::debug!(queue = %q, "dead letter dropped: dead-letter cycle without a rejection");
+                        }
+                        !cycle
+                    });
+                }
+                for name in &targets {
+                    self.enqueue(name, &copy.msg, None);
+                }
+                for name in &targets {
+                    self.dispatch(name);
+                }
+            }
+        }
     }
 
     // ---- deliveries ----
@@ -815,12 +1035,15 @@ impl State {
     }
 
     /// Hands ready messages of `queue` to its consumers, round robin, as long as some
-    /// consumer has credit.
+    /// consumer has credit; then applies `drop-head` limits, expires what is due at the
+    /// head and schedules the head's expiry timer.
     fn dispatch(&mut self, queue: &str) {
         let State {
             queues,
             channels,
             store,
+            timers,
+            dead,
             ..
         } = self;
         let Some(q) = queues.get_mut(queue) else {
@@ -828,6 +1051,12 @@ impl State {
         };
         let store = store.as_deref().filter(|_| q.is_persisted());
         while !q.is_empty() && !q.consumers.is_empty() {
+            if q.head_deadline().is_some() {
+                q.expire_head(timers.now(), false, dead, store);
+                if q.is_empty() {
+                    break;
+                }
+            }
             let n = q.consumers.len();
             let Some(idx) = (0..n).map(|i| (q.next_consumer + i) % n).find(|&i| {
                 let c = &q.consumers[i];
@@ -840,15 +1069,15 @@ impl State {
                 }
                 c.has_credit() && (c.no_ack || ch.has_credit()) && ch.active
             }) else {
-                return;
+                break;
             };
             q.next_consumer = (idx + 1) % n;
             let Some(item) = q.pop_front(store) else {
-                return;
+                break;
             };
             let consumer = &mut q.consumers[idx];
             let Some(ch) = channels.get_mut(&consumer.channel) else {
-                return;
+                break;
             };
             let stored = store.zip(item.msg.stored());
             if let Some((store, id)) = stored {
@@ -886,22 +1115,45 @@ impl State {
                     consumer: Some(consumer.tag.clone()),
                     msg: item.msg,
                     stored: stored.is_some(),
+                    deadline: item.deadline,
                 });
             }
+        }
+        if q.args.limits.is_some() {
+            q.trim_to_limits(dead, store);
+        }
+        if q.head_deadline().is_some() {
+            q.expire_head(timers.now(), true, dead, store);
+            arm_head_expiry(q, timers);
         }
     }
 
     /// `basic.get`: hands one message to the channel, or says the queue is empty.
     pub fn get(&mut self, key: ChannelKey, queue: &str, no_ack: bool) -> Result<bool, AmqpError> {
-        let store = self.store.clone();
-        let q = self.queue_for(key.0, queue)?;
+        self.queue_for(key.0, queue)?;
+        let State {
+            queues,
+            timers,
+            dead,
+            store,
+            ..
+        } = &mut *self;
+        let Some(q) = queues.get_mut(queue) else {
+            return Err(no_queue(queue));
+        };
         let persisted = q.is_persisted();
-        let Some(item) = q.pop_front(store.as_deref().filter(|_| persisted)) else {
+        let store = store.clone().filter(|_| persisted);
+        touch(q, timers);
+        if q.head_deadline().is_some() {
+            q.expire_head(timers.now(), true, dead, store.as_deref());
+        }
+        let Some(item) = q.pop_front(store.as_deref()) else {
             return Ok(false);
         };
+        arm_head_expiry(q, timers);
         let remaining = q.message_count();
         let (name, id) = (q.name.clone(), q.id);
-        let stored = store.as_ref().filter(|_| persisted).zip(item.msg.stored());
+        let stored = store.as_ref().zip(item.msg.stored());
         if let Some((store, msg)) = stored {
             if no_ack {
                 store.removed(id, msg);
@@ -938,6 +1190,7 @@ impl State {
                 consumer: None,
                 msg: item.msg,
                 stored,
+                deadline: item.deadline,
             });
         }
         Ok(true)
@@ -953,7 +1206,8 @@ impl State {
     }
 
     /// `basic.nack` and `basic.reject`: requeued messages go back to the head of their
-    /// queue marked redelivered; the others are dropped.
+    /// queue marked redelivered; the others are dead-lettered (reason `rejected`) if
+    /// their queue has a dead-letter exchange, else dropped.
     pub fn nack(
         &mut self,
         key: ChannelKey,
@@ -967,6 +1221,11 @@ impl State {
             touched.extend(self.requeue(settled));
         } else {
             self.forget_settled(&settled);
+            for u in settled {
+                if let Some(q) = self.queues.get(&u.queue).filter(|q| q.id == u.queue_id) {
+                    q.dead_letter(u.msg, Reason::Rejected, &mut self.dead);
+                }
+            }
         }
         self.dispatch_all(touched);
         Ok(())
@@ -1008,7 +1267,8 @@ impl State {
         touched
     }
 
-    /// Puts settled deliveries back into their queues (if the queue still exists).
+    /// Puts settled deliveries back into their queues (if the queue still exists), with
+    /// the deadlines they had.
     fn requeue(&mut self, settled: Vec<Unacked>) -> Vec<Arc<str>> {
         let mut by_queue: Vec<(Arc<str>, u64, Vec<Unacked>)> = Vec::new();
         for u in settled {
@@ -1024,7 +1284,7 @@ impl State {
         for (name, id, entries) in by_queue {
             match self.queues.get_mut(&name).filter(|q| q.id == id) {
                 Some(q) => {
-                    q.requeue_front(entries.into_iter().map(|u| u.msg));
+                    q.requeue_front(entries.into_iter().map(|u| (u.msg, u.deadline)));
                     touched.push(name);
                 }
                 // The queue is gone: its messages leave the store with it.
@@ -1042,5 +1302,48 @@ impl State {
                 store.removed(u.queue_id, id);
             }
         }
+    }
+}
+
+/// Schedules the expiry of `q`'s head message, unless an earlier timer is pending.
+fn arm_head_expiry(q: &mut Queue, timers: &mut Timers) {
+    let Some(deadline) = q.head_deadline() else {
+        return;
+    };
+    if q.head_timer.is_some_and(|pending| pending <= deadline) {
+        return;
+    }
+    q.head_timer = Some(deadline);
+    timers.schedule(Due {
+        deadline,
+        queue_id: q.id,
+        kind: TimerKind::Head,
+        queue: q.name.clone(),
+    });
+}
+
+/// Schedules the `x-expires` check of `q` at `q.expires_at`, unless one is pending.
+fn arm_queue_expiry(q: &mut Queue, timers: &mut Timers) {
+    if q.expiry_timer || q.expires_at == NEVER {
+        return;
+    }
+    q.expiry_timer = true;
+    timers.schedule(Due {
+        deadline: q.expires_at,
+        queue_id: q.id,
+        kind: TimerKind::Queue,
+        queue: q.name.clone(),
+    });
+}
+
+/// Records a use of `q` (declare, `basic.get`, last consumer gone): with `x-expires`
+/// and no consumers, the queue now expires that long from now.
+fn touch(q: &mut Queue, timers: &mut Timers) {
+    let Some(ms) = q.args.expires_ms else {
+        return;
+    };
+    if q.consumers.is_empty() {
+        q.expires_at = timers.now().saturating_add(ms);
+        arm_queue_expiry(q, timers);
     }
 }

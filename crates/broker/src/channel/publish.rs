@@ -5,7 +5,9 @@
 //! buffered. Once the body is complete the message is routed; a mandatory message that
 //! reached no queue comes back with `basic.return` (312 NO_ROUTE) *before* its publisher
 //! confirm, which is written right after routing (transient messages; durable ones will
-//! be confirmed once on disk).
+//! be confirmed once on disk). A message refused by a full queue (`x-overflow =
+//! reject-publish[-dlx]`) is nacked in confirm mode, and not returned even if mandatory,
+//! as RabbitMQ does.
 
 use crate::codec::content::{
     ContentHeader, headers_table, parse_content_header, routing_keys, without_bcc,
@@ -206,6 +208,7 @@ impl Connection {
                 &exchange,
                 &extra_keys,
                 headers.as_ref(),
+                header.expiration_ms,
                 msg.clone(),
                 confirm,
             )
@@ -227,9 +230,10 @@ impl Connection {
                 put_return(buf, out, code::NO_ROUTE, "NO_ROUTE", origin, content);
             });
         }
-        // Messages the store took are confirmed once on disk; the rest now, after any return.
+        // Messages the store took are confirmed once on disk; the rest now, after any
+        // return. A queue that refused the message (x-overflow) makes it a nack.
         if let Some(confirm) = confirm {
-            confirm.complete(true);
+            confirm.complete(routed != Routed::Rejected);
         }
         Ok(())
     }

@@ -159,16 +159,26 @@ pub fn routing_keys(headers: &FieldTable, name: &str) -> Vec<String> {
 
 /// The same content header with the `BCC` header removed, re-encoded.
 pub fn without_bcc(payload: &[u8]) -> Option<Vec<u8>> {
-    let (_, props) = parse_properties(&payload[FLAGS_AT..]).ok()?;
-    let mut headers = props.headers().clone()?;
-    let mut kept = FieldTable::default();
-    for (k, v) in headers.inner() {
-        if k.as_str() != "BCC" {
-            kept.insert(k.clone(), v.clone());
+    rewrite_properties(payload, |props| {
+        let mut kept = FieldTable::default();
+        for (k, v) in props.headers().clone()?.inner() {
+            if k.as_str() != "BCC" {
+                kept.insert(k.clone(), v.clone());
+            }
         }
-    }
-    headers = kept;
-    let props: AMQPProperties = props.with_headers(headers);
+        Some(props.with_headers(kept))
+    })
+}
+
+/// Decodes the properties of a content header payload, lets `change` rewrite them and
+/// encodes the result behind the same class, weight and body size. For rare paths
+/// (`BCC` removal, dead-lettering): the hot path never re-encodes a header.
+pub fn rewrite_properties(
+    payload: &[u8],
+    change: impl FnOnce(AMQPProperties) -> Option<AMQPProperties>,
+) -> Option<Vec<u8>> {
+    let (_, props) = parse_properties(payload.get(FLAGS_AT..)?).ok()?;
+    let props = change(props)?;
     cookie_factory::gen_simple(gen_properties(&props), payload[..FLAGS_AT].to_vec()).ok()
 }
 

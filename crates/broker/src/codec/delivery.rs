@@ -108,7 +108,8 @@ pub fn put_ack(out: &mut Vec<u8>, channel: u16, delivery_tag: u64, multiple: boo
     });
 }
 
-/// `basic.nack` from the broker: the message could not be taken care of.
+/// `basic.nack` from the broker: a negative publisher confirm (the message was refused,
+/// e.g. by a full queue with `x-overflow = reject-publish`).
 pub fn put_nack(out: &mut Vec<u8>, channel: u16, delivery_tag: u64, multiple: bool) {
     put_frame(out, FRAME_METHOD, channel, |o| {
         put_ids(o, METHOD_NACK);

@@ -14,6 +14,7 @@ pub struct RecoveredMessage {
     pub id: u64,
     /// Where its record is ([`super::pack_location`]).
     pub location: u64,
+    pub body_len: u32,
     /// Durable queue ids it is in, each with whether a consumer had already received it.
     pub queues: Vec<(u64, bool)>,
 }
@@ -30,6 +31,7 @@ pub struct Recovered {
 
 struct Pending {
     location: u64,
+    body_len: u32,
     queues: Vec<(u64, bool)>,
 }
 
@@ -81,7 +83,9 @@ pub fn recover(dir: &Path) -> std::io::Result<Recovered> {
             let location = super::pack_location(number, at as u64);
             at += size;
             match record {
-                Record::Enqueue { msg, queues, .. } => {
+                Record::Enqueue {
+                    msg, queues, body, ..
+                } => {
                     segment.first_msg.get_or_insert(msg);
                     next_msg = next_msg.max(msg + 1);
                     let queues: Vec<(u64, bool)> = queues
@@ -90,7 +94,14 @@ pub fn recover(dir: &Path) -> std::io::Result<Recovered> {
                         .map(|q| (q, false))
                         .collect();
                     if !queues.is_empty() {
-                        pending.insert(msg, Pending { location, queues });
+                        pending.insert(
+                            msg,
+                            Pending {
+                                location,
+                                body_len: body.len() as u32,
+                                queues,
+                            },
+                        );
                     }
                 }
                 Record::Deliver { queue, msg } => {
@@ -125,6 +136,7 @@ pub fn recover(dir: &Path) -> std::io::Result<Recovered> {
         messages.push(RecoveredMessage {
             id,
             location: p.location,
+            body_len: p.body_len,
             queues: p.queues,
         });
     }
