@@ -8,7 +8,8 @@
 //!   `amqp://guest:guest@127.0.0.1:5672/%2f`), every test uses that broker instead, which
 //!   is how the same checks run against RabbitMQ. Tests that need the broker process itself
 //!   (signals, command-line flags) call [`TestBroker::start_process`], which returns `None`
-//!   and says so on stderr in that case.
+//!   and says so on stderr in that case. Such a broker can be stopped or killed and then
+//!   [restarted](TestBroker::restart) on the same data dir, which outlives every run.
 //!
 //! Every await goes through [`timeout`], so a broker that never answers fails the test
 //! instead of hanging it. Names come from [`unique`], so tests can run in parallel against
@@ -20,7 +21,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -63,12 +64,26 @@ pub fn unique(prefix: &str) -> String {
     format!("test.{prefix}.{}.{nanos:x}.{n}", std::process::id())
 }
 
-/// The running dispatch-broker process behind a [`TestBroker`].
+/// The dispatch-broker process behind a [`TestBroker`], and the temporary dir that holds
+/// its data dir and logs across restarts.
 struct Process {
     child: Child,
     /// Kept open so the broker never writes into a closed pipe.
     _stdout: BufReader<ChildStdout>,
-    _data_dir: tempfile::TempDir,
+    /// Holds `data/` (the `--data-dir`) and `broker.N.log` (stderr of run N).
+    home: tempfile::TempDir,
+    /// Flags after `--listen` and `--data-dir`, reused by [`TestBroker::restart`].
+    args: Vec<String>,
+    /// Runs so far, counting this one.
+    runs: u32,
+    log_path: PathBuf,
+}
+
+/// A freshly started dispatch-broker process and where it listens.
+struct Launched {
+    child: Child,
+    stdout: BufReader<ChildStdout>,
+    addr: SocketAddr,
     log_path: PathBuf,
 }
 
@@ -125,52 +140,56 @@ impl TestBroker {
     }
 
     async fn spawn(args: &[&str]) -> TestBroker {
-        let data_dir = tempfile::tempdir().expect("create a temporary data dir");
-        let log_path = data_dir.path().join("broker.log");
-        let log = std::fs::File::create(&log_path).expect("create the broker log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dispatch-broker"))
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(data_dir.path().join("data"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn dispatch-broker");
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut line = String::new();
-        let read = tokio::time::timeout(STEP_TIMEOUT, stdout.read_line(&mut line)).await;
-        let prefix = dispatch_common::READY_LINE_PREFIX;
-        let addr = match read {
-            Ok(Ok(n)) if n > 0 => line
-                .trim_end()
-                .strip_prefix(prefix)
-                .and_then(|a| a.parse::<SocketAddr>().ok()),
-            _ => None,
-        };
-        let Some(addr) = addr else {
-            let _ = child.start_kill();
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            panic!(
-                "dispatch-broker {args:?} did not print `{prefix}ADDR` within {STEP_TIMEOUT:?} \
-                 (stdout: {line:?}); its stderr:\n{log}"
-            );
-        };
+        let home = tempfile::tempdir().expect("create a temporary data dir");
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let launched = launch(home.path(), 1, &args).await;
         TestBroker {
-            addr,
+            addr: launched.addr,
             user: "guest".into(),
             password: "guest".into(),
             vhost: "/".into(),
             process: Some(Process {
-                child,
-                _stdout: stdout,
-                _data_dir: data_dir,
-                log_path,
+                child: launched.child,
+                _stdout: launched.stdout,
+                home,
+                args,
+                runs: 1,
+                log_path: launched.log_path,
             }),
         }
+    }
+
+    /// Starts the broker again, with the same flags and the same data dir, after
+    /// [`stop`](Self::stop) or [`kill`](Self::kill). It listens on a new port: connect
+    /// again afterwards. [`log`](Self::log) then shows the new run's stderr.
+    pub async fn restart(&mut self) {
+        let process = self
+            .process
+            .as_mut()
+            .expect("restart() needs a broker started by start_process()");
+        let exited = process.child.try_wait().expect("check the broker process");
+        assert!(
+            exited.is_some(),
+            "restart() needs the broker stopped or killed first: two brokers must not share \
+             a data dir"
+        );
+        let run = process.runs + 1;
+        let launched = launch(process.home.path(), run, &process.args).await;
+        process.child = launched.child;
+        process._stdout = launched.stdout;
+        process.runs = run;
+        process.log_path = launched.log_path;
+        self.addr = launched.addr;
+    }
+
+    /// The `--data-dir` of a broker started by [`start_process`](Self::start_process); it
+    /// stays the same across [`restart`](Self::restart)s.
+    pub fn data_dir(&self) -> PathBuf {
+        let process = self
+            .process
+            .as_ref()
+            .expect("data_dir() needs a broker started by start_process()");
+        data_dir_in(process.home.path())
     }
 
     /// The broker's TCP address.
@@ -194,7 +213,8 @@ impl TestBroker {
         (&self.user, &self.password)
     }
 
-    /// The broker's stderr so far (empty for an external broker).
+    /// The broker's stderr so far, of its current run since the last
+    /// [`restart`](Self::restart) (empty for an external broker).
     pub fn log(&self) -> String {
         self.process
             .as_ref()
@@ -237,6 +257,55 @@ impl Drop for TestBroker {
         if let Some(process) = self.process.as_mut() {
             let _ = process.child.start_kill();
         }
+    }
+}
+
+/// The `--data-dir` inside a broker's temporary `home`.
+fn data_dir_in(home: &Path) -> PathBuf {
+    home.join("data")
+}
+
+/// Starts run number `run` of `dispatch-broker` on `127.0.0.1:0` with its data dir and
+/// log in `home`, and waits (bounded) for the address it prints when ready.
+async fn launch(home: &Path, run: u32, args: &[String]) -> Launched {
+    let log_path = home.join(format!("broker.{run}.log"));
+    let log = std::fs::File::create(&log_path).expect("create the broker log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dispatch-broker"))
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(data_dir_in(home))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn dispatch-broker");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut line = String::new();
+    let read = tokio::time::timeout(STEP_TIMEOUT, stdout.read_line(&mut line)).await;
+    let prefix = dispatch_common::READY_LINE_PREFIX;
+    let addr = match read {
+        Ok(Ok(n)) if n > 0 => line
+            .trim_end()
+            .strip_prefix(prefix)
+            .and_then(|a| a.parse::<SocketAddr>().ok()),
+        _ => None,
+    };
+    let Some(addr) = addr else {
+        let _ = child.start_kill();
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        panic!(
+            "dispatch-broker {args:?} (run {run}) did not print `{prefix}ADDR` within \
+             {STEP_TIMEOUT:?} (stdout: {line:?}); its stderr:\n{log}"
+        );
+    };
+    Launched {
+        child,
+        stdout,
+        addr,
+        log_path,
     }
 }
 
