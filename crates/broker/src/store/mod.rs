@@ -118,6 +118,8 @@ pub struct Store {
     ops: SyncSender<Op>,
     thread: Mutex<Option<JoinHandle<()>>>,
     next_msg: AtomicU64,
+    /// The segment paged-out messages were last read from.
+    reader: Mutex<Option<(u64, Arc<std::fs::File>)>>,
 }
 
 impl Store {
@@ -135,6 +137,7 @@ impl Store {
             ops,
             thread: Mutex::new(Some(thread)),
             next_msg: AtomicU64::new(recovered.next_msg),
+            reader: Mutex::new(None),
         };
         Ok((store, recovered))
     }
@@ -147,7 +150,7 @@ impl Store {
     pub fn read(&self, id: u64, location: u64) -> std::io::Result<Arc<Message>> {
         use std::os::unix::fs::FileExt;
         let (segment, offset) = unpack_location(location);
-        let file = std::fs::File::open(segment_path(&self.dir.join(MESSAGES_DIR), segment))?;
+        let file = self.segment_reader(segment)?;
         let mut head = [0; record::RECORD_HEADER];
         file.read_exact_at(&mut head, offset)?;
         let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
@@ -177,6 +180,21 @@ impl Store {
                 "no intact record of message {id} at {location:#x}"
             ))),
         }
+    }
+
+    /// An open handle on segment `number`; the last one is kept, since a draining
+    /// backlog reads one segment after another.
+    fn segment_reader(&self, number: u64) -> std::io::Result<Arc<std::fs::File>> {
+        let mut last = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, file)) = last.as_ref().filter(|(open, _)| *open == number) {
+            return Ok(file.clone());
+        }
+        let file = Arc::new(std::fs::File::open(segment_path(
+            &self.dir.join(MESSAGES_DIR),
+            number,
+        ))?);
+        *last = Some((number, file.clone()));
+        Ok(file)
     }
 
     /// Writes a persistent message routed to `queues` (durable queue ids); `confirm` is
