@@ -37,7 +37,9 @@ struct Pending {
 
 /// Reads the metadata and every segment of the message log in `dir`.
 pub fn recover(dir: &Path) -> std::io::Result<Recovered> {
+    let had_metadata = dir.join(super::METADATA_FILE).exists();
     let topology = metadata::load(dir);
+    let mut enqueued = 0u64;
     let known: HashSet<u64> = topology.queues.iter().map(|q| q.id).collect();
     let messages_dir = dir.join(MESSAGES_DIR);
     let mut numbers: Vec<u64> = std::fs::read_dir(&messages_dir)?
@@ -87,6 +89,7 @@ pub fn recover(dir: &Path) -> std::io::Result<Recovered> {
                     msg, queues, body, ..
                 } => {
                     segment.first_msg.get_or_insert(msg);
+                    enqueued += 1;
                     next_msg = next_msg.max(msg + 1);
                     let queues: Vec<(u64, bool)> = queues
                         .into_iter()
@@ -124,6 +127,12 @@ pub fn recover(dir: &Path) -> std::io::Result<Recovered> {
         segments.push(segment);
     }
 
+    if !had_metadata && enqueued > 0 {
+        tracing::warn!(
+            "the metadata file is missing from {} but the message log holds {enqueued} messages: their queues are unknown, so they are dropped",
+            dir.display()
+        );
+    }
     let mut messages = Vec::with_capacity(pending.len());
     for (id, p) in pending {
         if let Some(segment) = segments
