@@ -45,7 +45,10 @@ fn running_as_root() -> bool {
 async fn a_full_disk_nacks_persistent_publishes_and_the_broker_keeps_serving() {
     if !running_as_root() {
         let note = format!("SKIPPED {TEST}: mounting a small tmpfs needs root");
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{note} (CI=true)");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{note} (CI=true)"
+        );
         eprintln!("{note}");
         return;
     }
@@ -85,7 +88,10 @@ async fn a_full_disk_nacks_persistent_publishes_and_the_broker_keeps_serving() {
             break;
         }
     }
-    assert!(nacked, "64 × 64 KiB persistent messages on a 1 MiB disk were all acked");
+    assert!(
+        nacked,
+        "64 × 64 KiB persistent messages on a 1 MiB disk were all acked"
+    );
     assert!(
         broker.log().contains("writing the message log failed"),
         "the failure is logged; stderr:\n{}",
