@@ -20,8 +20,9 @@ use std::path::{Path, PathBuf};
 use dispatch_broker::store::{MESSAGES_DIR, METADATA_FILE, SEGMENT_EXT, SEGMENT_SIZE};
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ExchangeDeclareOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
+    BasicQosOptions, BasicRejectOptions, ExchangeDeclareOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
@@ -754,4 +755,51 @@ async fn disk_use_falls_back_after_the_queues_drain() {
         || std::future::ready(message_log_size(&data_dir) < full / 2),
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_dead_lettered_persistent_message_survives_a_restart_in_its_dead_letter_queue() {
+    let test = "a_dead_lettered_persistent_message_survives_a_restart_in_its_dead_letter_queue";
+    let Some(mut broker) = TestBroker::start_process(test, &[]).await else {
+        return;
+    };
+    let conn = connect(&broker).await;
+    let ch = confirm_channel(&conn).await;
+    let (work, dead, dlx) = (unique("work"), unique("dead"), unique("dlx"));
+    declare_exchange_with(&ch, &dlx, ExchangeKind::Fanout, true).await;
+    declare_durable_queue(&ch, &dead).await;
+    bind(&ch, &dead, &dlx, "").await;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(dlx.as_str().into()),
+    );
+    timeout(ch.queue_declare(
+        work.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        args,
+    ))
+    .await
+    .expect("declare the work queue");
+    publish_with(&ch, "", &work, b"rejected-and-kept", persistent()).await;
+    let delivery = timeout(ch.basic_get(work.as_str().into(), BasicGetOptions::default()))
+        .await
+        .expect("basic.get")
+        .expect("a message");
+    timeout(delivery.reject(BasicRejectOptions { requeue: false }))
+        .await
+        .expect("reject");
+    // The dead letter is in place once a passive declare counts it.
+    assert_eq!(queue_exists(&conn, &dead).await.expect("dead queue"), 1);
+
+    stop(&mut broker).await;
+    let conn = restart(&mut broker).await;
+    assert_eq!(
+        bodies(&drain(&conn, &dead).await),
+        vec!["rejected-and-kept"]
+    );
+    assert_eq!(queue_exists(&conn, &work).await.expect("work queue"), 0);
 }

@@ -79,3 +79,25 @@ async fn opening_a_vhost_the_broker_does_not_serve_is_refused() {
     let (code, text) = raw.expect_connection_close().await;
     assert_eq!(code, 530, "{text}");
 }
+
+#[tokio::test]
+async fn an_error_about_a_long_name_is_reported_and_the_connection_keeps_working() {
+    let broker = TestBroker::start().await;
+    let conn = connect(&broker).await;
+    let ch = channel(&conn).await;
+    // A 250-byte name makes the 404 text longer than a short string can carry.
+    let name = format!("{}-{}", unique("long"), "x".repeat(250));
+    let name = &name[..250];
+    let missing = timeout(ch.queue_declare(
+        name.into(),
+        lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        lapin::types::FieldTable::default(),
+    ))
+    .await;
+    assert_amqp_error(missing, 404);
+    let again = channel(&conn).await;
+    declare_queue(&again, &unique("after-long-name")).await;
+}

@@ -12,6 +12,9 @@ pub struct AmqpError {
     pub method_id: u16,
 }
 
+/// Longest reply text a close frame can carry (a short string).
+pub const MAX_REPLY_TEXT: usize = 255;
+
 /// Reply codes of AMQP 0-9-1 the broker uses.
 pub mod code {
     pub const CONNECTION_FORCED: u16 = 320;
@@ -52,9 +55,18 @@ fn code_name(code: u16) -> &'static str {
 impl AmqpError {
     /// An error with `code`; the text is prefixed with the code's name, as RabbitMQ does.
     pub fn new(code: u16, text: impl fmt::Display) -> Self {
+        let mut text = format!("{} - {text}", code_name(code));
+        // The reply text is a short string: cut it to 255 bytes on a char boundary.
+        if text.len() > MAX_REPLY_TEXT {
+            let mut end = MAX_REPLY_TEXT;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+        }
         Self {
             code,
-            text: format!("{} - {text}", code_name(code)),
+            text,
             class_id: 0,
             method_id: 0,
         }
@@ -121,3 +133,16 @@ impl fmt::Display for AmqpError {
 }
 
 impl std::error::Error for AmqpError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_reply_texts_are_cut_to_a_short_string_on_a_char_boundary() {
+        let err = AmqpError::not_found(format!("no queue '{}' in vhost '/'", "é".repeat(300)));
+        assert!(err.text.len() <= MAX_REPLY_TEXT);
+        assert!(err.text.starts_with("NOT_FOUND - no queue"));
+        let _ = amq_protocol::types::ShortString::from(err.text.as_str());
+    }
+}

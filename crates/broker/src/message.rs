@@ -6,12 +6,33 @@ use bytes::Bytes;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+/// The `location` of a message the store failed to write.
+const WRITE_FAILED: u64 = u64::MAX;
+
 /// Bytes held by messages in memory, process-wide: what the memory alarm watches.
 static IN_MEMORY: AtomicUsize = AtomicUsize::new(0);
 
 /// Bytes of message headers and bodies currently held in memory.
 pub fn bytes_in_memory() -> usize {
     IN_MEMORY.load(Ordering::Relaxed)
+}
+
+/// Bytes counted in [`bytes_in_memory`] for as long as the charge lives: memory that is
+/// not (yet) a [`Message`], such as a body still arriving.
+#[derive(Debug)]
+pub struct MemoryCharge(usize);
+
+impl MemoryCharge {
+    pub fn new(bytes: usize) -> Self {
+        IN_MEMORY.fetch_add(bytes, Ordering::Relaxed);
+        Self(bytes)
+    }
+}
+
+impl Drop for MemoryCharge {
+    fn drop(&mut self) {
+        IN_MEMORY.fetch_sub(self.0, Ordering::Relaxed);
+    }
 }
 
 /// One published message. Queues hold `Arc<Message>`; nothing is copied per queue.
@@ -75,9 +96,18 @@ impl Message {
     /// Where the store wrote the message, once it has.
     pub fn location(&self) -> Option<u64> {
         match self.location.load(Ordering::Acquire) {
-            0 => None,
+            0 | WRITE_FAILED => None,
             at => Some(at),
         }
+    }
+
+    /// The store could not write the message: it can only live in memory.
+    pub fn write_failed(&self) -> bool {
+        self.location.load(Ordering::Acquire) == WRITE_FAILED
+    }
+
+    pub fn set_write_failed(&self) {
+        self.location.store(WRITE_FAILED, Ordering::Release);
     }
 
     pub fn set_location(&self, location: u64) {

@@ -39,12 +39,23 @@ thread_local! {
 /// flushed once, when it returns.
 pub fn batch<R>(work: impl FnOnce() -> R) -> R {
     BATCH_DEPTH.with(|d| d.set(d.get() + 1));
-    let result = work();
-    let depth = BATCH_DEPTH.with(|d| {
-        d.set(d.get() - 1);
-        d.get()
-    });
-    if depth == 0 {
+    // Ends the batch even if `work` panics, so this thread's later batches still flush.
+    let _end = BatchEnd;
+    work()
+}
+
+/// Closes a [`batch`]: the outermost one flushes what it collected.
+struct BatchEnd;
+
+impl Drop for BatchEnd {
+    fn drop(&mut self) {
+        let depth = BATCH_DEPTH.with(|d| {
+            d.set(d.get() - 1);
+            d.get()
+        });
+        if depth > 0 {
+            return;
+        }
         let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
         for outbox in &pending {
             outbox.flush();
@@ -58,7 +69,6 @@ pub fn batch<R>(work: impl FnOnce() -> R) -> R {
             }
         });
     }
-    result
 }
 
 /// Bytes not yet written: `data[start..]`.

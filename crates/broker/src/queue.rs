@@ -223,9 +223,15 @@ impl Queue {
     pub fn page_out(&mut self) {
         while let Some(entry) = self.spill.get_mut(self.unpaged) {
             if let Spilled::Memory(queued) = entry {
-                let (Some(id), Some(location)) = (queued.msg.stored(), queued.msg.location())
-                else {
-                    return; // later entries were written after this one
+                // Messages never stored (transient ones, or after a failed write) stay
+                // in memory; a stored one not yet written holds back those behind it,
+                // which were written after it.
+                let Some(id) = queued.msg.stored().filter(|_| !queued.msg.write_failed()) else {
+                    self.unpaged += 1;
+                    continue;
+                };
+                let Some(location) = queued.msg.location() else {
+                    return;
                 };
                 *entry = Spilled::Paged {
                     id,

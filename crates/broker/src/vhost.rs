@@ -821,39 +821,7 @@ impl State {
             &mut targets,
         );
         let routed = targets.len();
-        let mut durable = Vec::new();
-        let mut rejected = false;
-        for name in &targets {
-            if !self.enqueue(name, &msg, expiration_ms) {
-                rejected = true;
-            } else if let Some(q) = self
-                .queues
-                .get(name)
-                .filter(|q| msg.persistent && q.is_persisted())
-            {
-                durable.push(q.id);
-            }
-        }
-        // Written before any delivery, so deliver records follow the enqueue record.
-        let confirm = match &self.store {
-            Some(store) if !durable.is_empty() => {
-                // A refusing queue makes the confirm a nack, which need not wait.
-                let (waits, now) = if rejected {
-                    (None, confirm)
-                } else {
-                    (confirm, None)
-                };
-                store.enqueue(&msg, durable, waits);
-                now
-            }
-            _ => confirm,
-        };
-        for name in &targets {
-            self.dispatch(name);
-            if let Some(q) = self.queues.get_mut(name) {
-                q.page_out();
-            }
-        }
+        let (rejected, confirm) = self.place(&targets, &msg, expiration_ms, confirm);
         self.route_buf = targets;
         let routed = if routed == 0 {
             Routed::Unroutable
@@ -987,6 +955,52 @@ impl State {
     /// the messages died, until no more die. Terminates: a dead letter that would go
     /// back to a queue it died in without a rejection on the way is dropped
     /// ([`deadletter::is_cycle`]).
+    /// Queues `msg` on the routed `targets`, writes it to the store for the persisted
+    /// ones (it is written once, however many they are), and dispatches. Returns whether
+    /// a queue refused it (`x-overflow`), and the confirm unless the store took it.
+    fn place(
+        &mut self,
+        targets: &[Arc<str>],
+        msg: &Arc<Message>,
+        expiration_ms: Option<u64>,
+        confirm: Option<Confirm>,
+    ) -> (bool, Option<Confirm>) {
+        let mut durable = Vec::new();
+        let mut rejected = false;
+        for name in targets {
+            if !self.enqueue(name, msg, expiration_ms) {
+                rejected = true;
+            } else if let Some(q) = self
+                .queues
+                .get(name)
+                .filter(|q| msg.persistent && q.is_persisted())
+            {
+                durable.push(q.id);
+            }
+        }
+        // Written before any delivery, so deliver records follow the enqueue record.
+        let confirm = match &self.store {
+            Some(store) if !durable.is_empty() => {
+                // A refusing queue makes the confirm a nack, which need not wait.
+                let (waits, now) = if rejected {
+                    (None, confirm)
+                } else {
+                    (confirm, None)
+                };
+                store.enqueue(msg, durable, waits);
+                now
+            }
+            _ => confirm,
+        };
+        for name in targets {
+            self.dispatch(name);
+            if let Some(q) = self.queues.get_mut(name) {
+                q.page_out();
+            }
+        }
+        (rejected, confirm)
+    }
+
     fn republish_dead_letters(&mut self) {
         let now_secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -1014,12 +1028,7 @@ impl State {
                         !cycle
                     });
                 }
-                for name in &targets {
-                    self.enqueue(name, &copy.msg, None);
-                }
-                for name in &targets {
-                    self.dispatch(name);
-                }
+                self.place(&targets, &copy.msg, None, None);
             }
         }
     }

@@ -98,11 +98,14 @@ impl Connection {
                     .nack(key, m.delivery_tag, false, m.requeue)
             }
             basic::AMQPMethod::Recover(_) => {
-                self.broker.vhost.lock().recover(key);
+                // recover-ok first, under the lock: clients (lapin) drop deliveries that
+                // precede it, and the writer may redeliver as soon as the lock is free.
+                let mut vhost = self.broker.vhost.lock();
                 self.send(
                     ch,
                     &AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
                 );
+                vhost.recover(key);
                 Ok(())
             }
             basic::AMQPMethod::RecoverAsync(_) => {

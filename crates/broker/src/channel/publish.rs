@@ -19,11 +19,14 @@ use crate::codec::{CLASS_BASIC, FRAME_BODY, FRAME_HEADER};
 use crate::confirm::{Confirm, ConfirmSink};
 use crate::connection::Connection;
 use crate::error::{AmqpError, code};
-use crate::message::Message;
+use crate::message::{MemoryCharge, Message};
 use crate::vhost::Routed;
 use amq_protocol::protocol::{AMQPClass, confirm};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
+
+/// The most a partly received body reserves up front; it grows as frames arrive.
+const PENDING_BODY_RESERVE: usize = 1 << 20;
 
 /// A channel in confirm mode: where confirms go and the next sequence number.
 #[derive(Debug)]
@@ -58,6 +61,9 @@ pub(super) struct PendingPublish {
     mandatory: bool,
     header: Option<(Bytes, ContentHeader)>,
     body: BytesMut,
+    /// The announced body size, counted against the memory limit until the message
+    /// is complete (a client cannot park unbounded half-sent bodies).
+    _charge: Option<MemoryCharge>,
 }
 
 impl Connection {
@@ -72,7 +78,6 @@ impl Connection {
             )
             .during(class_id, method_id));
         }
-        self.has_published = true;
         if args.immediate {
             return Err(AmqpError::not_implemented(
                 "immediate=true is not supported (as in RabbitMQ)",
@@ -85,6 +90,7 @@ impl Connection {
             mandatory: args.mandatory,
             header: None,
             body: BytesMut::new(),
+            _charge: None,
         });
         Ok(())
     }
@@ -117,6 +123,7 @@ impl Connection {
                     .during(60, 40));
                 }
                 let complete = header.body_size == 0;
+                pending._charge = Some(MemoryCharge::new(header.body_size as usize));
                 pending.header = Some((Bytes::copy_from_slice(&frame.payload), header));
                 if complete {
                     return self.complete_publish(ch, Bytes::new());
@@ -133,7 +140,7 @@ impl Connection {
                     return self.complete_publish(ch, Bytes::copy_from_slice(&frame.payload));
                 }
                 if pending.body.is_empty() {
-                    pending.body.reserve(expected);
+                    pending.body.reserve(expected.min(PENDING_BODY_RESERVE));
                 }
                 pending.body.extend_from_slice(&frame.payload);
                 if pending.body.len() == expected {

@@ -67,6 +67,11 @@ pub fn next_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<RawFrame>
     }))
 }
 
+/// Whether the next frame in `buf` is a `basic.publish` method (peeked, not consumed).
+pub fn starts_with_publish(buf: &[u8]) -> bool {
+    buf.len() >= 11 && buf[0] == FRAME_METHOD && buf[7..11] == [0, 60, 0, 40]
+}
+
 /// Appends a heartbeat frame.
 pub fn put_heartbeat(out: &mut Vec<u8>) {
     out.extend_from_slice(&[FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END]);

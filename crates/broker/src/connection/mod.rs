@@ -14,7 +14,7 @@ mod writer;
 
 use crate::broker::Broker;
 use crate::channel::ChannelState;
-use crate::codec::frame::{RawFrame, next_frame};
+use crate::codec::frame::{RawFrame, next_frame, starts_with_publish};
 use crate::codec::method::{method_ids, parse_method, put_method};
 use crate::codec::{FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD};
 use crate::config::{CLOSE_TIMEOUT, HANDSHAKE_TIMEOUT, MEMORY_ALARM_POLL, OUTBOX_HIGH_WATER};
@@ -40,6 +40,8 @@ const READ_BUFFER: usize = 4096;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Flow {
     Continue,
+    /// A publish is next while the memory alarm is on: read nothing more until it clears.
+    Blocked,
     /// The connection is finished (close handshake done, or the peer must be dropped).
     Done,
 }
@@ -53,8 +55,6 @@ pub struct Connection {
     pub(crate) channels: HashMap<u16, ChannelState>,
     /// `connection.close` was sent; only `close-ok` (or a crossing `close`) matters now.
     closing: bool,
-    /// The client has published: it is blocked while the memory alarm is on.
-    pub(crate) has_published: bool,
 }
 
 /// Serves one accepted socket until it closes or `shutdown` fires. Never panics on
@@ -102,11 +102,14 @@ pub async fn serve(
         tuning,
         channels: HashMap::new(),
         closing: false,
-        has_published: false,
+    };
+    let released = Released {
+        broker: broker.clone(),
+        outbox: outbox.clone(),
+        id,
     };
     conn.read_loop(reader, rbuf, heartbeat, shutdown).await;
-    batch(|| broker.vhost.lock().close_connection(id));
-    outbox.close();
+    drop(released);
     let mut writer = writer;
     if tokio::time::timeout(CLOSE_TIMEOUT, &mut writer)
         .await
@@ -115,6 +118,21 @@ pub async fn serve(
         writer.abort(); // the peer stopped reading; drop what it did not take
     }
     tracing::debug!(%peer, conn = id, "connection closed");
+}
+
+/// Releases a connection's share of the vhost when dropped: at the end of
+/// [`serve`], and also if handling a frame panicked, so nothing it held leaks.
+struct Released {
+    broker: Arc<Broker>,
+    outbox: Arc<Outbox>,
+    id: ConnId,
+}
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        batch(|| self.broker.vhost.lock().close_connection(self.id));
+        self.outbox.close();
+    }
 }
 
 impl Connection {
@@ -129,8 +147,13 @@ impl Connection {
         let idle_limit = heartbeat.map_or(Duration::MAX, |h| h * 2);
         let mut close_deadline: Option<tokio::time::Instant> = None;
         loop {
-            if batch(|| self.handle_buffered_frames(&mut rbuf)) == Flow::Done {
-                return;
+            match batch(|| self.handle_buffered_frames(&mut rbuf)) {
+                Flow::Done => return,
+                Flow::Blocked => {
+                    self.wait_out_memory_alarm(&shutdown).await;
+                    continue;
+                }
+                Flow::Continue => {}
             }
             if self.closing && close_deadline.is_none() {
                 close_deadline = Some(tokio::time::Instant::now() + CLOSE_TIMEOUT);
@@ -151,10 +174,6 @@ impl Connection {
             if self.outbox.is_closed() {
                 return;
             }
-            if self.has_published && !self.closing && self.broker.memory_alarm() {
-                self.wait_out_memory_alarm(&shutdown).await;
-                continue;
-            }
             tokio::select! {
                 biased;
                 () = shutdown.cancelled(), if !self.closing => {
@@ -173,7 +192,8 @@ impl Connection {
         }
     }
 
-    /// Stops reading from a publisher until memory is back under the limit, telling
+    /// Stops reading from a publisher (a connection about to publish) until memory is
+    /// back under the limit, as RabbitMQ does; others keep flowing. Tells
     /// clients that understand it with `connection.blocked` / `unblocked`.
     async fn wait_out_memory_alarm(&mut self, shutdown: &CancellationToken) {
         tracing::info!(
@@ -209,6 +229,9 @@ impl Connection {
     /// Handles every complete frame in the read buffer, as one outbox batch.
     fn handle_buffered_frames(&mut self, rbuf: &mut BytesMut) -> Flow {
         loop {
+            if !self.closing && starts_with_publish(rbuf) && self.broker.memory_alarm() {
+                return Flow::Blocked;
+            }
             match next_frame(rbuf, self.tuning.frame_max) {
                 Ok(Some(frame)) => {
                     if self.on_frame(frame) == Flow::Done {

@@ -111,6 +111,10 @@ impl Log {
                     }
                     Op::Stop => stop = true,
                 }
+                // Bound the batch in bytes too: offsets stay small and memory bounded.
+                if self.buf.len() as u64 >= SEGMENT_SIZE {
+                    self.commit();
+                }
             }
             self.commit();
         }
@@ -123,16 +127,29 @@ impl Log {
         if self.buf.is_empty() && self.waiting.is_empty() {
             return;
         }
-        let mut result = self.file.write_all(&self.buf);
-        if result.is_ok() && !self.waiting.is_empty() {
-            result = self.file.sync_data();
-        }
-        self.written += self.buf.len() as u64;
+        let result = match self.file.write_all(&self.buf) {
+            Ok(()) => {
+                self.written += self.buf.len() as u64;
+                if self.waiting.is_empty() {
+                    Ok(())
+                } else {
+                    self.file.sync_data()
+                }
+            }
+            Err(e) => {
+                // Cut off whatever part of the batch reached the file: no torn record
+                // may sit before records written later.
+                let _ = self.file.set_len(self.written);
+                Err(e)
+            }
+        };
         self.buf.clear();
         let ok = result.is_ok();
         for (msg, location) in self.placed.drain(..) {
             if ok {
                 msg.set_location(location);
+            } else {
+                msg.set_write_failed();
             }
         }
         if let Err(e) = result {
