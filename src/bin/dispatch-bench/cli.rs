@@ -9,8 +9,9 @@ use clap::Parser;
 use crate::scenarios::Scenario;
 
 /// Measure an AMQP 0-9-1 broker with the lapin client: transient 1→1 throughput, fan-out
-/// to many queues (wildcard binding and BCC header), request/reply latency and memory per
-/// idle connection. Broker CPU comes from /proc/PID/stat (100 clock ticks per second, the
+/// to many queues (wildcard binding and BCC header), request/reply latency, memory per
+/// idle connection, persistent publishing with confirms, and a backlog of persistent
+/// messages queued with no consumer (broker memory and disk use), then drained. Broker CPU comes from /proc/PID/stat (100 clock ticks per second, the
 /// Linux USER_HZ), broker memory from /proc/PID/status (VmRSS).
 #[derive(Debug, Parser)]
 #[command(name = "dispatch-bench", version)]
@@ -60,6 +61,10 @@ pub struct Args {
     /// Connections opened by the idle-memory scenario.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     idle_connections: u32,
+
+    /// Persistent messages queued (then drained) by the persistent-backlog scenario.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1000..=100_000_000))]
+    backlog_messages: u64,
 }
 
 /// Where one column of results comes from.
@@ -67,7 +72,8 @@ pub struct Args {
 pub enum TargetSpec {
     /// A broker somebody else started.
     Url { url: String, pid: Option<u32> },
-    /// `dispatch-broker --listen 127.0.0.1:0`, started and stopped by the bench.
+    /// `dispatch-broker --listen 127.0.0.1:0 --data-dir TMP`, started and stopped by the
+    /// bench.
     Embedded { bin: Option<PathBuf> },
     /// A private `rabbitmq-server` in a temporary directory, started and stopped by the bench.
     RabbitMq,
@@ -92,6 +98,7 @@ pub struct Plan {
     pub warmup: Duration,
     pub fanout_queues: u32,
     pub idle_connections: u32,
+    pub backlog_messages: u64,
     pub markdown: bool,
 }
 
@@ -142,6 +149,7 @@ impl Args {
             warmup: self.warmup,
             fanout_queues: self.fanout_queues,
             idle_connections: self.idle_connections,
+            backlog_messages: self.backlog_messages,
             markdown: self.markdown || self.compare_rabbitmq,
         })
     }

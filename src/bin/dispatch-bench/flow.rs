@@ -7,6 +7,10 @@
 //! in flight, the broker is never flooded, and the counter is the end-to-end rate.
 //! [`measure_rate`] samples counter and broker CPU after the warm-up and again after the
 //! measured duration.
+//!
+//! Persistent scenarios publish on a confirm channel through [`publish_confirmed`]: a
+//! second window bounds the publishes whose `basic.ack` has not come back, and a collector
+//! task awaits the confirms in publish order, counting each acknowledged message once.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,14 +20,21 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use futures_lite::StreamExt;
 use lapin::options::{BasicAckOptions, BasicPublishOptions};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
-use tokio::sync::Semaphore;
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
+    PublisherConfirm,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use crate::probe::{Probe, TICKS_PER_SECOND};
 
 /// Time allowed for one protocol round trip during set-up or teardown.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest wait for one publisher confirm (or, while draining, one delivery) before the
+/// broker is declared stalled.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Awaits `future` for at most `limit`, naming `what` if it takes longer.
 pub async fn within<T, E>(
@@ -122,6 +133,92 @@ pub async fn publish_until_closed(
     Ok(())
 }
 
+/// Publishes `message` on `channel`, already in confirm mode, with at most `in_flight`
+/// publishes unconfirmed, until `count` have been published or `credit` (when given)
+/// closes; then waits for every outstanding confirm. `confirmed` counts acknowledged
+/// publishes as their confirms arrive. A `basic.nack`, or a confirm missing for
+/// [`CONFIRM_TIMEOUT`], is an error.
+pub async fn publish_confirmed(
+    channel: Channel,
+    message: Message,
+    in_flight: u32,
+    count: u64,
+    credit: Option<Credit>,
+    confirmed: Arc<AtomicU64>,
+) -> Result<()> {
+    let window = Arc::new(Semaphore::new(in_flight as usize));
+    let (pending, awaiting) = mpsc::unbounded_channel();
+    let collector = tokio::spawn(collect_confirms(awaiting, confirmed));
+    let published = publish_into_window(&channel, &message, &window, count, credit, &pending).await;
+    drop(pending);
+    let collected = match collector.await {
+        Ok(result) => result,
+        Err(err) => Err(err).context("the confirm collector panicked"),
+    };
+    // A collector error (nack, timeout) explains a failed publish better than the publish.
+    collected.and(published)
+}
+
+async fn publish_into_window(
+    channel: &Channel,
+    message: &Message,
+    window: &Arc<Semaphore>,
+    count: u64,
+    credit: Option<Credit>,
+    pending: &mpsc::UnboundedSender<(PublisherConfirm, OwnedSemaphorePermit)>,
+) -> Result<()> {
+    for _ in 0..count {
+        if let Some(credit) = &credit
+            && !credit.take(message.deliveries).await
+        {
+            break;
+        }
+        let permit = window
+            .clone()
+            .acquire_owned()
+            .await
+            .context("confirm window closed")?;
+        let confirm = channel
+            .basic_publish(
+                message.exchange.as_str().into(),
+                message.routing_key.as_str().into(),
+                BasicPublishOptions::default(),
+                &message.body,
+                message.properties.clone(),
+            )
+            .await
+            .context("publishing")?;
+        if pending.send((confirm, permit)).is_err() {
+            // The collector stopped early; its result says why.
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Awaits confirms in publish order, releasing one window slot per confirm.
+async fn collect_confirms(
+    mut awaiting: mpsc::UnboundedReceiver<(PublisherConfirm, OwnedSemaphorePermit)>,
+    confirmed: Arc<AtomicU64>,
+) -> Result<()> {
+    while let Some((confirm, permit)) = awaiting.recv().await {
+        match within(CONFIRM_TIMEOUT, "waiting for a publisher confirm", confirm).await? {
+            Confirmation::Ack(_) => {
+                confirmed.fetch_add(1, Ordering::Relaxed);
+            }
+            Confirmation::Nack(_) => bail!(
+                "the broker nacked publish {} (basic.nack)",
+                confirmed.load(Ordering::Relaxed) + 1
+            ),
+            Confirmation::NotRequested => {
+                bail!("the channel is not in confirm mode (no confirm.select)")
+            }
+        }
+        drop(permit);
+    }
+    Ok(())
+}
+
 /// How a counting consumer settles its deliveries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settle {
@@ -162,18 +259,21 @@ pub struct Rate {
     pub cpu_us_per_unit: Option<f64>,
 }
 
-/// Counter and broker CPU at one instant.
+/// Counters and broker CPU at one instant.
 struct Sample {
     at: Instant,
-    count: u64,
+    counts: Vec<u64>,
     cpu_ticks: Option<u64>,
 }
 
 impl Sample {
-    fn take(counter: &AtomicU64, probe: Option<&Probe>) -> Result<Self> {
+    fn take(counters: &[&AtomicU64], probe: Option<&Probe>) -> Result<Self> {
         Ok(Sample {
             at: Instant::now(),
-            count: counter.load(Ordering::Relaxed),
+            counts: counters
+                .iter()
+                .map(|counter| counter.load(Ordering::Relaxed))
+                .collect(),
             cpu_ticks: probe.map(Probe::cpu_ticks).transpose()?,
         })
     }
@@ -188,26 +288,42 @@ pub async fn measure_rate(
     duration: Duration,
     workers: &mut JoinSet<Result<()>>,
 ) -> Result<Rate> {
+    let rates = measure_rates(&[counter], probe, warmup, duration, workers).await?;
+    Ok(rates[0])
+}
+
+/// [`measure_rate`] for several counters over the same window; broker CPU is divided by
+/// each counter's own units. Every counter must have moved.
+pub async fn measure_rates(
+    counters: &[&AtomicU64],
+    probe: Option<&Probe>,
+    warmup: Duration,
+    duration: Duration,
+    workers: &mut JoinSet<Result<()>>,
+) -> Result<Vec<Rate>> {
     watch(workers, tokio::time::sleep(warmup)).await?;
-    let start = Sample::take(counter, probe)?;
+    let start = Sample::take(counters, probe)?;
     watch(workers, tokio::time::sleep(duration)).await?;
-    let end = Sample::take(counter, probe)?;
-    let units = end.count - start.count;
-    if units == 0 {
-        bail!("nothing was delivered during the measured window: is the broker stalled?");
-    }
+    let end = Sample::take(counters, probe)?;
     let seconds = (end.at - start.at).as_secs_f64();
-    let cpu_us_per_unit = match (start.cpu_ticks, end.cpu_ticks) {
+    let cpu_us = match (start.cpu_ticks, end.cpu_ticks) {
         (Some(before), Some(after)) => {
-            let cpu_us = (after - before) as f64 * 1e6 / TICKS_PER_SECOND as f64;
-            Some(cpu_us / units as f64)
+            Some((after - before) as f64 * 1e6 / TICKS_PER_SECOND as f64)
         }
         _ => None,
     };
-    Ok(Rate {
-        per_second: units as f64 / seconds,
-        cpu_us_per_unit,
-    })
+    let mut rates = Vec::with_capacity(counters.len());
+    for (before, after) in start.counts.iter().zip(&end.counts) {
+        let units = after - before;
+        if units == 0 {
+            bail!("nothing was delivered during the measured window: is the broker stalled?");
+        }
+        rates.push(Rate {
+            per_second: units as f64 / seconds,
+            cpu_us_per_unit: cpu_us.map(|cpu_us| cpu_us / units as f64),
+        });
+    }
+    Ok(rates)
 }
 
 /// Waits for `pause` unless a worker ends first: workers run until told to stop, so one

@@ -1,4 +1,5 @@
-//! Broker CPU time and resident memory, read from `/proc/PID/stat` and `/proc/PID/status`.
+//! Broker CPU time and resident memory, read from `/proc/PID/stat` and `/proc/PID/status`,
+//! and the disk space a broker's data directory takes ([`disk_usage`]).
 //!
 //! CPU is `utime + stime` of the whole process (every thread, so every Erlang scheduler
 //! of a RabbitMQ node) in clock ticks. The tick rate is taken as 100 per second: Linux
@@ -6,6 +7,9 @@
 //! (`getconf CLK_TCK`), and reading it for certain would need libc.
 
 use std::fs;
+use std::io::ErrorKind;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
@@ -47,6 +51,41 @@ impl Probe {
     }
 }
 
+/// Bytes allocated on disk to the files under `dir`, as `du -s --block-size=1` counts
+/// them (512-byte blocks, each hard-linked file once per visit, symlinks not followed).
+/// Files that vanish during the walk (a broker compacting its store) are skipped.
+pub fn disk_usage(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let metadata = match fs::symlink_metadata(&path) {
+            Ok(metadata) => metadata,
+            Err(err) if err.kind() == ErrorKind::NotFound && path != dir => continue,
+            Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+        };
+        total += metadata.blocks() * 512;
+        if metadata.is_dir() {
+            let entries = match fs::read_dir(&path) {
+                Ok(entries) => entries,
+                Err(err) if err.kind() == ErrorKind::NotFound => continue,
+                Err(err) => {
+                    return Err(err).with_context(|| format!("listing {}", path.display()));
+                }
+            };
+            for entry in entries {
+                match entry {
+                    Ok(entry) => pending.push(entry.path()),
+                    Err(err) if err.kind() == ErrorKind::NotFound => {}
+                    Err(err) => {
+                        return Err(err).with_context(|| format!("listing {}", path.display()));
+                    }
+                }
+            }
+        }
+    }
+    Ok(total)
+}
+
 /// `utime + stime` (fields 14 and 15) of a `/proc/PID/stat` line. The command name in
 /// field 2 may hold spaces and parentheses, so fields are counted after its last `)`.
 fn parse_cpu_ticks(stat: &str) -> Result<u64> {
@@ -85,6 +124,16 @@ mod tests {
             parse_vm_rss("Name:\tx\nVmRSS:\t  123456 kB\n"),
             Some(123_456)
         );
+    }
+
+    #[test]
+    fn disk_usage_counts_allocated_blocks_below_a_directory() {
+        let dir = std::env::temp_dir().join(format!("dispatch-bench-du-{}", std::process::id()));
+        fs::create_dir_all(dir.join("sub")).unwrap();
+        fs::write(dir.join("sub/file"), vec![1u8; 64 * 1024]).unwrap();
+        let used = disk_usage(&dir);
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(used.unwrap() >= 64 * 1024);
     }
 
     #[test]

@@ -2,14 +2,15 @@
 //! columns (the broker under test, then RabbitMQ) a ratio column first.
 //!
 //! Every scenario yields one or more metrics (a rate and its broker CPU, two latency
-//! percentiles, a memory figure); each metric is a row. The issue's target for the metric,
-//! when it has one, is printed beside it so a reader sees at once where we stand.
+//! percentiles, a memory figure, disk use); each metric is a row. The issue's target for
+//! the metric (issue 2 for transient traffic, issue 3 for persistent), when it has one, is
+//! printed beside it so a reader sees at once where we stand.
 
 use std::fmt::Write;
 
 use crate::cli::Plan;
 use crate::probe::TICKS_PER_SECOND;
-use crate::scenarios::{Measured, Outcome, Scenario};
+use crate::scenarios::{Backlog, Measured, Outcome, Scenario};
 
 /// The results of one target.
 #[derive(Debug)]
@@ -66,11 +67,41 @@ struct Metric {
     name: &'static str,
     value: Option<f64>,
     unit: &'static str,
+    /// Why `value` may be missing.
+    absent: &'static str,
+}
+
+impl Metric {
+    /// A metric that is missing only when the broker's pid is unknown.
+    fn new(name: &'static str, value: Option<f64>, unit: &'static str) -> Self {
+        Metric {
+            name,
+            value,
+            unit,
+            absent: NO_PID,
+        }
+    }
+
+    /// A disk-use metric, missing when the broker's data directory is unknown.
+    fn disk(name: &'static str, bytes: Option<u64>) -> Self {
+        Metric {
+            name,
+            value: bytes.map(megabytes),
+            unit: "MB",
+            absent: "n/a (no data dir)",
+        }
+    }
+}
+
+const NO_PID: &str = "n/a (no broker pid)";
+
+fn megabytes(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
 }
 
 fn metrics(outcome: &Outcome) -> Vec<Metric> {
-    match *outcome {
-        Outcome::Rate {
+    match outcome {
+        &Outcome::Rate {
             per_second,
             unit,
             cpu_us,
@@ -80,45 +111,47 @@ fn metrics(outcome: &Outcome) -> Vec<Metric> {
                 _ => ("deliveries/s", "µs/delivery"),
             };
             vec![
-                Metric {
-                    name: "rate",
-                    value: Some(per_second),
-                    unit: rate_unit,
-                },
-                Metric {
-                    name: "broker CPU",
-                    value: cpu_us,
-                    unit: cpu_unit,
-                },
+                Metric::new("rate", Some(per_second), rate_unit),
+                Metric::new("broker CPU", cpu_us, cpu_unit),
             ]
         }
-        Outcome::Latency {
+        &Outcome::Latency {
             p50_us,
             p99_us,
             cpu_us,
             ..
         } => vec![
-            Metric {
-                name: "p50",
-                value: Some(p50_us),
-                unit: "µs",
-            },
-            Metric {
-                name: "p99",
-                value: Some(p99_us),
-                unit: "µs",
-            },
-            Metric {
-                name: "broker CPU",
-                value: cpu_us,
-                unit: "µs/round trip",
-            },
+            Metric::new("p50", Some(p50_us), "µs"),
+            Metric::new("p99", Some(p99_us), "µs"),
+            Metric::new("broker CPU", cpu_us, "µs/round trip"),
         ],
-        Outcome::Memory { kib_per_connection } => vec![Metric {
-            name: "broker RSS",
-            value: kib_per_connection,
-            unit: "KB/connection",
-        }],
+        &Outcome::Memory { kib_per_connection } => vec![Metric::new(
+            "broker RSS",
+            kib_per_connection,
+            "KB/connection",
+        )],
+        &Outcome::Confirmed {
+            confirmed_per_second,
+            consumed_per_second,
+            cpu_us,
+        } => vec![
+            Metric::new("confirmed rate", Some(confirmed_per_second), "msg/s"),
+            Metric::new("consumed rate", Some(consumed_per_second), "msg/s"),
+            Metric::new("broker CPU", cpu_us, "µs/msg"),
+        ],
+        Outcome::Backlog(backlog) => vec![
+            Metric::new("publish rate", Some(backlog.publish_per_second), "msg/s"),
+            Metric::new("broker CPU, publish", backlog.publish_cpu_us, "µs/msg"),
+            Metric::new(
+                "broker RSS, all queued",
+                backlog.rss_bytes.map(megabytes),
+                "MB",
+            ),
+            Metric::disk("disk use, all queued", backlog.disk_bytes),
+            Metric::new("drain rate", Some(backlog.drain_per_second), "msg/s"),
+            Metric::new("broker CPU, drain", backlog.drain_cpu_us, "µs/msg"),
+            Metric::disk("disk use, drained", backlog.disk_after_bytes),
+        ],
     }
 }
 
@@ -127,13 +160,30 @@ fn metric_names(scenario: Scenario) -> &'static [&'static str] {
     match scenario {
         Scenario::Rpc => &["p50", "p99", "broker CPU"],
         Scenario::IdleMemory => &["broker RSS"],
+        Scenario::PersistentConfirms => &["confirmed rate", "consumed rate", "broker CPU"],
+        Scenario::PersistentBacklog => &[
+            "publish rate",
+            "broker CPU, publish",
+            "broker RSS, all queued",
+            "disk use, all queued",
+            "drain rate",
+            "broker CPU, drain",
+            "disk use, drained",
+        ],
         _ => &["rate", "broker CPU"],
     }
 }
 
-/// The goal from issue 2, when one applies to this metric.
+/// The goal from issue 2 (transient) or issue 3 (persistent), when one applies.
 fn target(scenario: Scenario, metric: &str) -> &'static str {
     match (scenario, metric) {
+        (Scenario::PersistentConfirms, "confirmed rate")
+        | (Scenario::PersistentBacklog, "publish rate") => "≥ 3× RabbitMQ",
+        (Scenario::PersistentConfirms, "broker CPU")
+        | (Scenario::PersistentBacklog, "broker CPU, publish") => "≤ 0.2× RabbitMQ",
+        (Scenario::PersistentBacklog, "broker RSS, all queued") => "≤ 150 MB",
+        (Scenario::PersistentBacklog, "disk use, drained") => "falls back",
+        (Scenario::PersistentConfirms | Scenario::PersistentBacklog, _) => "",
         (Scenario::TransientAutoAck | Scenario::TransientManualAck, "rate") => "≥ 2.5× RabbitMQ",
         (_, "broker CPU") if scenario != Scenario::Rpc => "≤ 0.1× RabbitMQ",
         (Scenario::Rpc, "p50") => "≤ 150 µs",
@@ -143,9 +193,10 @@ fn target(scenario: Scenario, metric: &str) -> &'static str {
     }
 }
 
-fn format_value(value: Option<f64>, unit: &str) -> String {
+/// `value` with its unit, or `absent` when there is none.
+fn format_or(value: Option<f64>, unit: &str, absent: &str) -> String {
     match value {
-        None => "n/a (no broker pid)".to_owned(),
+        None => absent.to_owned(),
         Some(value) if unit.ends_with("/s") => {
             format!("{} {unit}", group_thousands(value.round() as i64))
         }
@@ -154,7 +205,7 @@ fn format_value(value: Option<f64>, unit: &str) -> String {
     }
 }
 
-fn group_thousands(value: i64) -> String {
+pub fn group_thousands(value: i64) -> String {
     let digits = value.unsigned_abs().to_string();
     let mut out = String::new();
     for (index, digit) in digits.chars().enumerate() {
@@ -174,7 +225,7 @@ pub fn describe(outcome: &Outcome) -> String {
             format!(
                 "{} {}",
                 metric.name,
-                format_value(metric.value, metric.unit)
+                format_or(metric.value, metric.unit, metric.absent)
             )
         })
         .collect::<Vec<_>>()
@@ -242,7 +293,7 @@ pub fn render(plan: &Plan, columns: &[Column]) -> String {
             }
             for (column, value) in columns.iter().zip(&values) {
                 row.push(match (value, column.outcome(scenario)) {
-                    (Some(metric), _) => format_value(metric.value, metric.unit),
+                    (Some(metric), _) => format_or(metric.value, metric.unit, metric.absent),
                     (None, Cell::NotRun) => "pending".to_owned(),
                     (None, _) => "failed".to_owned(),
                 });
@@ -260,10 +311,15 @@ pub fn render(plan: &Plan, columns: &[Column]) -> String {
     }
     let _ = writeln!(
         out,
-        "\nEach rate and latency is measured over {:?} after {:?} of warm-up, 256-byte transient \
-         messages, lapin client on the same machine. Broker CPU is utime+stime of the broker \
-         process from /proc/PID/stat ({TICKS_PER_SECOND} ticks/s) over the same window; \
-         RSS is VmRSS from /proc/PID/status.",
+        "\nEach rate and latency is measured over {:?} after {:?} of warm-up, 256-byte \
+         messages (transient, except persistent ones with delivery_mode 2 to a durable queue \
+         in the persistent scenarios), lapin client on the same machine. Broker CPU is \
+         utime+stime of the broker process from /proc/PID/stat ({TICKS_PER_SECOND} ticks/s) \
+         over the same window; RSS is VmRSS from /proc/PID/status. The persistent backlog \
+         is timed by count, not by window: its publish rate runs from the first publish to \
+         the last confirm, its drain rate from basic.consume to the last ack; disk use is \
+         the space allocated to the broker's data directory (as du counts it) with the \
+         backlog queued and 5 s after the drain; MB are 10^6 bytes.",
         plan.duration, plan.warmup
     );
     for column in columns {
@@ -273,8 +329,22 @@ pub fn render(plan: &Plan, columns: &[Column]) -> String {
             }
             Ok(cells) => {
                 for cell in cells {
-                    if let Err(err) = &cell.outcome {
-                        let _ = writeln!(out, "\n{}, {}: failed: {err}", column.label, cell.title);
+                    match &cell.outcome {
+                        Err(err) => {
+                            let _ =
+                                writeln!(out, "\n{}, {}: failed: {err}", column.label, cell.title);
+                        }
+                        Ok(Outcome::Backlog(Backlog {
+                            messages, queued, ..
+                        })) if queued != messages => {
+                            let _ = writeln!(
+                                out,
+                                "\n{}, {}: the queue held {queued} messages after {messages} \
+                                 confirmed publishes; {queued} were drained.",
+                                column.label, cell.title
+                            );
+                        }
+                        Ok(_) => {}
                     }
                 }
             }
@@ -317,9 +387,9 @@ mod tests {
 
     #[test]
     fn rates_are_grouped_by_thousands() {
-        assert_eq!(format_value(Some(23_412.4), "msg/s"), "23,412 msg/s");
-        assert_eq!(format_value(Some(56.06), "µs/msg"), "56.1 µs/msg");
-        assert_eq!(format_value(Some(394.2), "µs"), "394 µs");
-        assert_eq!(format_value(None, "µs/msg"), "n/a (no broker pid)");
+        assert_eq!(format_or(Some(23_412.4), "msg/s", NO_PID), "23,412 msg/s");
+        assert_eq!(format_or(Some(56.06), "µs/msg", NO_PID), "56.1 µs/msg");
+        assert_eq!(format_or(Some(394.2), "µs", NO_PID), "394 µs");
+        assert_eq!(format_or(None, "µs/msg", NO_PID), "n/a (no broker pid)");
     }
 }

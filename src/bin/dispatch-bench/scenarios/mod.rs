@@ -7,9 +7,12 @@
 
 mod fanout;
 mod idle_memory;
+mod persistent_backlog;
+mod persistent_confirms;
 mod rpc;
 mod throughput;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -37,16 +40,23 @@ pub enum Scenario {
     Rpc,
     /// Broker memory per idle connection with 1 channel, 1 queue, 1 consumer.
     IdleMemory,
+    /// Persistent messages to a durable queue, publisher confirms (1000 in flight),
+    /// consumer acks with prefetch 1000.
+    PersistentConfirms,
+    /// A backlog of persistent messages with no consumer (rate, RSS, disk), then drained.
+    PersistentBacklog,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::TransientAutoAck,
         Scenario::TransientManualAck,
         Scenario::FanoutTopic,
         Scenario::FanoutBcc,
         Scenario::Rpc,
         Scenario::IdleMemory,
+        Scenario::PersistentConfirms,
+        Scenario::PersistentBacklog,
     ];
 
     /// The name `--only` takes.
@@ -58,6 +68,8 @@ impl Scenario {
             Scenario::FanoutBcc => "fanout-bcc",
             Scenario::Rpc => "rpc",
             Scenario::IdleMemory => "idle-memory",
+            Scenario::PersistentConfirms => "persistent-confirms",
+            Scenario::PersistentBacklog => "persistent-backlog",
         }
     }
 
@@ -72,6 +84,29 @@ impl Scenario {
             Scenario::FanoutBcc => format!("fan-out to {} queues, BCC header", ctx.fanout_queues),
             Scenario::Rpc => "request/reply round trip".to_owned(),
             Scenario::IdleMemory => format!("{} idle connections", ctx.idle_connections),
+            Scenario::PersistentConfirms => format!(
+                "persistent, confirms ({} in flight), consumer acks, prefetch {}",
+                persistent_confirms::IN_FLIGHT,
+                persistent_confirms::PREFETCH
+            ),
+            Scenario::PersistentBacklog => format!(
+                "{} persistent queued, no consumer, then drained",
+                crate::report::group_thousands(ctx.backlog_messages as i64)
+            ),
+        }
+    }
+
+    /// How long the scenario may take in all, set-up and teardown included.
+    fn time_limit(self, ctx: &Ctx) -> Duration {
+        // Set-up of 1000 queues or connections is slow on some brokers; allow for it.
+        let slack = Duration::from_secs(180);
+        match self {
+            // Count-bound, not time-bound: publish and drain, each allowed an average of
+            // 2000 msg/s; a stall fails sooner (no confirm or delivery for 60 s).
+            Scenario::PersistentBacklog => {
+                slack + Duration::from_secs(ctx.backlog_messages.div_ceil(1000))
+            }
+            _ => ctx.warmup + ctx.duration + slack,
         }
     }
 
@@ -83,6 +118,8 @@ impl Scenario {
             Scenario::FanoutBcc => fanout::run(ctx, fanout::Routing::BccHeader).await,
             Scenario::Rpc => rpc::run(ctx).await,
             Scenario::IdleMemory => idle_memory::run(ctx).await,
+            Scenario::PersistentConfirms => persistent_confirms::run(ctx).await,
+            Scenario::PersistentBacklog => persistent_backlog::run(ctx).await,
         }
     }
 }
@@ -96,6 +133,9 @@ pub struct Ctx {
     pub warmup: Duration,
     pub fanout_queues: u32,
     pub idle_connections: u32,
+    pub backlog_messages: u64,
+    /// The broker's data directory, for disk-use figures.
+    pub data_dir: Option<PathBuf>,
     /// Prefix of every exchange and queue name this scenario declares.
     pub prefix: String,
 }
@@ -118,6 +158,36 @@ pub enum Outcome {
     },
     /// Broker RSS growth per connection; `None` without a broker pid.
     Memory { kib_per_connection: Option<f64> },
+    /// Persistent publishing with confirms while a consumer takes the messages: confirmed
+    /// and consumed messages per second over the same window, broker CPU per confirmed
+    /// message.
+    Confirmed {
+        confirmed_per_second: f64,
+        consumed_per_second: f64,
+        cpu_us: Option<f64>,
+    },
+    /// A persistent backlog published with confirms and no consumer, then drained.
+    Backlog(Backlog),
+}
+
+/// What the persistent-backlog scenario measured. Memory and disk are `None` when the
+/// broker's pid or data directory is unknown.
+#[derive(Debug, Clone)]
+pub struct Backlog {
+    /// Messages published (all confirmed).
+    pub messages: u64,
+    /// Messages the queue held once every confirm had arrived (passive declare).
+    pub queued: u64,
+    pub publish_per_second: f64,
+    pub publish_cpu_us: Option<f64>,
+    /// Broker VmRSS with the backlog queued, in bytes.
+    pub rss_bytes: Option<u64>,
+    /// Disk use of the data directory with the backlog queued, in bytes.
+    pub disk_bytes: Option<u64>,
+    pub drain_per_second: f64,
+    pub drain_cpu_us: Option<f64>,
+    /// Disk use of the data directory once drained and settled, in bytes.
+    pub disk_after_bytes: Option<u64>,
 }
 
 /// One scenario's line in the report.
@@ -143,12 +213,13 @@ pub async fn run_all(plan: &Plan, target: &Target) -> Vec<Measured> {
             warmup: plan.warmup,
             fanout_queues: plan.fanout_queues,
             idle_connections: plan.idle_connections,
+            backlog_messages: plan.backlog_messages,
+            data_dir: target.data_dir.clone(),
             prefix: format!("dispatch-bench.{}.{index}", std::process::id()),
         };
         let title = scenario.title(&ctx);
         eprintln!("   {title} ...");
-        // Set-up of 1000 queues or connections is slow on some brokers; allow for it.
-        let limit = plan.warmup + plan.duration + Duration::from_secs(180);
+        let limit = scenario.time_limit(&ctx);
         let outcome = match tokio::time::timeout(limit, scenario.run(&ctx)).await {
             Ok(Ok(outcome)) => Ok(outcome),
             Ok(Err(err)) => Err(format!("{err:#}")),

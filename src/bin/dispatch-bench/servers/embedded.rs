@@ -1,6 +1,8 @@
-//! The embedded broker as its own process: `dispatch-broker --listen 127.0.0.1:0`, found
-//! beside this executable (or given by `--broker-bin`), ready once it prints
-//! `listening on 127.0.0.1:PORT` on stdout.
+//! The embedded broker as its own process: `dispatch-broker --listen 127.0.0.1:0
+//! --data-dir DIR`, found beside this executable (or given by `--broker-bin`), ready once
+//! it prints `listening on 127.0.0.1:PORT` on stdout. DIR is a fresh directory under the
+//! system temporary directory, so durable queues and persistent messages really go to disk
+//! (with an fsync before each publisher confirm); it is removed when the broker stops.
 //!
 //! Under `cargo run` (the `CARGO` variable is set) the broker binary is built first with
 //! the same profile, so `cargo run --release --bin dispatch-bench -- --spawn-embedded`
@@ -11,7 +13,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 
@@ -27,6 +29,7 @@ const BINARY: &str = "dispatch-broker";
 pub struct Embedded {
     child: Child,
     address: String,
+    data_dir: PathBuf,
 }
 
 impl Embedded {
@@ -42,15 +45,40 @@ impl Embedded {
                 bin.display()
             );
         }
-        let mut child = Command::new(&bin)
-            .args(["--listen", "127.0.0.1:0"])
+        let data_dir = std::env::temp_dir().join(format!(
+            "dispatch-bench-embedded-{}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0)
+        ));
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+        eprintln!("   embedded broker data dir {}", data_dir.display());
+        let spawned = Command::new(&bin)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .process_group(0)
             .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let stdout = child.stdout.take().context("broker stdout")?;
+            .with_context(|| format!("starting {}", bin.display()));
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(err) => {
+                let _ = std::fs::remove_dir_all(&data_dir);
+                return Err(err);
+            }
+        };
+        let stdout = child.stdout.take();
+        let mut broker = Embedded {
+            child,
+            address: String::new(),
+            data_dir,
+        };
+        let stdout = stdout.context("broker stdout")?;
         let (tx, rx) = mpsc::channel();
         // Reads stdout to its end so the broker never blocks on a full pipe.
         std::thread::spawn(move || {
@@ -61,10 +89,6 @@ impl Embedded {
                 }
             }
         });
-        let mut broker = Embedded {
-            child,
-            address: String::new(),
-        };
         match rx.recv_timeout(LISTEN_TIMEOUT) {
             Ok(address) => broker.address = address,
             Err(_) => {
@@ -93,11 +117,22 @@ impl Embedded {
         self.child.id()
     }
 
-    /// SIGTERM (the broker closes its clients with 320 and exits), then SIGKILL. Blocking.
+    /// The broker's `--data-dir`.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// SIGTERM (the broker closes its clients with 320 and exits), then SIGKILL, then the
+    /// data directory is removed. Blocking.
     pub fn stop(mut self) {
-        super::terminate(self.child.id(), Duration::from_secs(10));
+        if let Ok(None) = self.child.try_wait() {
+            super::terminate(self.child.id(), Duration::from_secs(10));
+        } else {
+            report_exit(&mut self.child);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Drop removes the data directory.
     }
 }
 
@@ -107,6 +142,17 @@ impl Drop for Embedded {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// Says so when the broker is already gone before the bench stops it (a crash).
+fn report_exit(child: &mut Child) {
+    if let Ok(Some(status)) = child.try_wait() {
+        eprintln!(
+            "   the embedded broker (pid {}) had already exited: {status}",
+            child.id()
+        );
     }
 }
 

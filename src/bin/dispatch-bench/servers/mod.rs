@@ -1,12 +1,13 @@
 //! The brokers a run measures: one given by URL, or one this process starts and stops.
 //!
 //! [`Target::start`] turns a [`TargetSpec`] into a reachable URL and, when the process is
-//! known, a [`Probe`] on it. A broker the bench started is stopped by [`Target::stop`], or
+//! known, a [`Probe`] on it and the directory it stores messages in. A broker the bench started is stopped by [`Target::stop`], or
 //! by `Drop` if the run is abandoned (an error, Ctrl-C).
 
 mod embedded;
 mod rabbitmq;
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -23,6 +24,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Target {
     pub url: String,
     pub probe: Option<Probe>,
+    /// Where the broker keeps durable state, for disk-use figures; `None` for `--url`.
+    pub data_dir: Option<PathBuf>,
     owned: Owned,
 }
 
@@ -36,22 +39,33 @@ enum Owned {
 
 impl Target {
     pub async fn start(spec: &TargetSpec) -> Result<Target> {
-        let (url, pid, owned) = match spec {
-            TargetSpec::Url { url, pid } => (url.clone(), *pid, Owned::Nothing),
+        let (url, pid, data_dir, owned) = match spec {
+            TargetSpec::Url { url, pid } => (url.clone(), *pid, None, Owned::Nothing),
             TargetSpec::Embedded { bin } => {
                 let bin = bin.clone();
                 let broker =
                     tokio::task::spawn_blocking(move || embedded::Embedded::start(bin)).await??;
-                (broker.url(), Some(broker.pid()), Owned::Embedded(broker))
+                (
+                    broker.url(),
+                    Some(broker.pid()),
+                    Some(broker.data_dir().to_path_buf()),
+                    Owned::Embedded(broker),
+                )
             }
             TargetSpec::RabbitMq => {
                 let broker = tokio::task::spawn_blocking(rabbitmq::RabbitMq::start).await??;
-                (broker.url(), Some(broker.pid()), Owned::RabbitMq(broker))
+                (
+                    broker.url(),
+                    Some(broker.pid()),
+                    Some(broker.data_dir()),
+                    Owned::RabbitMq(broker),
+                )
             }
         };
         let target = Target {
             probe: pid.map(Probe::new).transpose()?,
             url,
+            data_dir,
             owned,
         };
         target.wait_until_ready().await?;

@@ -111,6 +111,11 @@ impl RabbitMq {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.amqp_port)
     }
 
+    /// The node's Mnesia base directory, where its queues and message stores live.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("mnesia")
+    }
+
     /// The pid of `beam.smp`, the node itself.
     pub fn pid(&self) -> u32 {
         self.beam_pid
