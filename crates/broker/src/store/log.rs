@@ -1,5 +1,6 @@
 //! The log thread: group commit, segment rotation and reclamation (see [`super`]).
 
+use super::inbox::Inbox;
 use super::record::{put_enqueue, put_marker};
 use super::recovery::Recovered;
 use super::{Op, SEGMENT_SIZE, pack_location, segment_path};
@@ -10,10 +11,6 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc::Receiver;
-
-/// Operations taken in one batch at most, so confirms are not held back forever.
-const MAX_BATCH: usize = 16 * 1024;
 
 /// One segment file and its live references.
 #[derive(Debug, Clone)]
@@ -34,6 +31,8 @@ pub struct Log {
     segments: VecDeque<Segment>,
     buf: Vec<u8>,
     waiting: Vec<Confirm>,
+    /// The last fsync carried confirms of several publishes: the broker is busy.
+    last_commit_shared: bool,
     /// Messages in `buf` and where their records go; told once written.
     placed: Vec<(Arc<Message>, u64)>,
 }
@@ -52,6 +51,7 @@ impl Log {
             buf: Vec::new(),
             waiting: Vec::new(),
             placed: Vec::new(),
+            last_commit_shared: false,
         };
         log.segments.push_back(Segment {
             number,
@@ -63,18 +63,12 @@ impl Log {
     }
 
     /// Runs until [`Op::Stop`] or until every sender is gone.
-    pub fn run(mut self, ops: Receiver<Op>) {
+    pub fn run(mut self, inbox: Arc<Inbox>) {
         let mut stop = false;
+        let mut batch = Vec::new();
         while !stop {
-            let Ok(first) = ops.recv() else { break };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match ops.try_recv() {
-                    Ok(op) => batch.push(op),
-                    Err(_) => break,
-                }
-            }
-            for op in batch {
+            inbox.take(&mut batch, self.last_commit_shared);
+            for op in batch.drain(..) {
                 match op {
                     Op::Enqueue {
                         msg,
@@ -155,6 +149,7 @@ impl Log {
         if let Err(e) = result {
             tracing::error!(dir = %self.dir.display(), "writing the message log failed: {e}; publishes waiting on it are nacked");
         }
+        self.last_commit_shared = self.waiting.len() > 1;
         crate::outbox::batch(|| {
             for confirm in self.waiting.drain(..) {
                 confirm.complete(ok);

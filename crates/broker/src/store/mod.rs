@@ -53,6 +53,7 @@
 //! become `basic.nack`s, and the log moves on to a fresh segment; the broker keeps
 //! running.
 
+mod inbox;
 mod log;
 pub mod metadata;
 pub mod record;
@@ -62,15 +63,11 @@ use crate::confirm::Confirm;
 use crate::message::Message;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 pub use recovery::Recovered;
 
-/// Operations waiting for the log thread; above this, the sender waits (backpressure
-/// from the disk to publishers).
-const OP_QUEUE: usize = 64 * 1024;
 /// A segment is closed and a new one started once it reaches this size.
 pub const SEGMENT_SIZE: u64 = 32 * 1024 * 1024;
 /// Name of the metadata file.
@@ -115,7 +112,7 @@ pub(crate) enum Op {
 #[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
-    ops: SyncSender<Op>,
+    ops: Arc<inbox::Inbox>,
     thread: Mutex<Option<JoinHandle<()>>>,
     next_msg: AtomicU64,
     /// The segment paged-out messages were last read from.
@@ -127,7 +124,8 @@ impl Store {
     pub fn open(dir: &Path) -> std::io::Result<(Store, Recovered)> {
         std::fs::create_dir_all(dir.join(MESSAGES_DIR))?;
         let recovered = recovery::recover(dir)?;
-        let (ops, receiver) = sync_channel(OP_QUEUE);
+        let ops = Arc::new(inbox::Inbox::default());
+        let receiver = ops.clone();
         let writer = log::Log::start(dir.join(MESSAGES_DIR), &recovered)?;
         let thread = std::thread::Builder::new()
             .name("dispatch-store".into())
@@ -228,16 +226,14 @@ impl Store {
     }
 
     fn send(&self, op: Op) {
-        if self.ops.send(op).is_err() {
-            tracing::error!("the store thread has stopped; the operation is lost");
-        }
+        self.ops.push(op);
     }
 
     /// Writes what is queued and stops the log thread (also done on drop).
     pub fn close(&self) {
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(thread) = thread {
-            let _ = self.ops.send(Op::Stop);
+            self.ops.push(Op::Stop);
             let _ = thread.join();
         }
     }
