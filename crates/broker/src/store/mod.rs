@@ -21,13 +21,16 @@
 //!
 //! # Where fsync happens: group commit
 //!
-//! One thread ([`log`]) owns the log. Connections hand it operations through a bounded
-//! channel while holding the vhost lock, so operations arrive in the order they took
+//! One thread ([`log`]) owns the log. Connections hand it operations through its
+//! [`inbox`] while holding the vhost lock, so operations arrive in the order they took
 //! effect. The thread takes everything queued, writes it with one `write`, and — if any
 //! operation waits for a publisher confirm — calls `fdatasync` once before sending those
-//! confirms. While it syncs, more operations queue up and form the next batch: many
-//! publishers share each flush. Deliver and remove records are written promptly (so a
-//! `kill -9` of the broker loses none: they are in the page cache) but never waited for.
+//! confirms. While it syncs, more operations queue up and form the next batch; under
+//! load an enqueue also waits up to a millisecond for others to share its flush, so many
+//! publishers share each `fdatasync`. Deliver and remove records wake nobody: they go out
+//! with the next batch, at most 10 ms later. A `kill -9` inside that window can bring an
+//! acknowledged message back once, marked redelivered (at least once); it never loses a
+//! confirmed one.
 //!
 //! # Reclaiming space
 //!
