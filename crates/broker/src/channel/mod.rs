@@ -3,10 +3,10 @@
 //! | class | file |
 //! | --- | --- |
 //! | `channel.open/close/flow` | this module |
-//! | `exchange.*` | [`exchange`] |
-//! | `queue.*` | [`queue`] |
-//! | `basic.qos/consume/cancel/get/ack/nack/reject/recover` | [`basic`] |
-//! | `basic.publish` + content, `confirm.select` | [`publish`] |
+//! | `exchange.*` | `exchange.rs` |
+//! | `queue.*` | `queue.rs` |
+//! | `basic.qos/consume/cancel/get/ack/nack/reject/recover` | `basic.rs` |
+//! | `basic.publish` + content, `confirm.select` | `publish.rs` |
 //!
 //! Soft errors (403–406) close only the channel: the broker sends `channel.close`, forgets
 //! the channel's consumers and requeues its unacknowledged messages at once, then

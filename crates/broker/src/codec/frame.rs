@@ -28,7 +28,7 @@ pub enum FrameError {
 }
 
 /// Cuts the next complete frame from `buf`. `Ok(None)`: more bytes are needed; the
-/// caller may reserve [`bytes_wanted`] before reading again.
+/// caller reads more and calls again.
 pub fn next_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<RawFrame>, FrameError> {
     if buf.len() < 7 {
         return Ok(None);

@@ -1,8 +1,8 @@
 //! One client connection, from accept to close.
 //!
-//! After the [`handshake`], the socket splits: this task reads frames and handles each
+//! After the [`handshake()`], the socket splits: this task reads frames and handles each
 //! one in order (channel methods in [`crate::channel`]), writing replies into the
-//! connection's [`Outbox`]; the [`writer`] task drains that outbox into the socket.
+//! connection's [`Outbox`]; the `writer` task drains that outbox into the socket.
 //! Reading pauses while the outbox is over its bound, so a client that does not read
 //! cannot make the broker buffer without limit. A peer silent for two heartbeat
 //! intervals is dead. Connection errors send `connection.close` and wait (bounded) for

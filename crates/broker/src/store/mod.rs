@@ -21,8 +21,8 @@
 //!
 //! # Where fsync happens: group commit
 //!
-//! One thread ([`log`]) owns the log. Connections hand it operations through its
-//! [`inbox`] while holding the vhost lock, so operations arrive in the order they took
+//! One thread (`log.rs`) owns the log. Connections hand it operations through its
+//! inbox (`inbox.rs`) while holding the vhost lock, so operations arrive in the order they took
 //! effect. The thread takes everything queued, writes it with one `write`, and — if any
 //! operation waits for a publisher confirm — calls `fdatasync` once before sending those
 //! confirms. While it syncs, more operations queue up and form the next batch; under
