@@ -92,7 +92,10 @@ pub fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One thread serves every connection (the store has its own): on a few cores shared
+    // with clients, handing work between runtime threads costs more CPU per message than
+    // it gains (measured with dispatch-bench; see docs/BENCHMARKS.md).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
