@@ -19,32 +19,17 @@ impl State {
                     ex.kind.as_str(),
                 ));
             }
-            if ex.durable != spec.durable {
-                return Err(inequivalent(
-                    "durable",
-                    "exchange",
-                    &spec.name,
-                    spec.durable,
-                    ex.durable,
-                ));
-            }
-            if ex.auto_delete != spec.auto_delete {
-                return Err(inequivalent(
-                    "auto_delete",
-                    "exchange",
-                    &spec.name,
-                    spec.auto_delete,
-                    ex.auto_delete,
-                ));
-            }
-            if ex.internal != spec.internal {
-                return Err(inequivalent(
-                    "internal",
-                    "exchange",
-                    &spec.name,
-                    spec.internal,
-                    ex.internal,
-                ));
+            let flags = [
+                ("durable", spec.durable, ex.durable),
+                ("auto_delete", spec.auto_delete, ex.auto_delete),
+                ("internal", spec.internal, ex.internal),
+            ];
+            for (what, received, current) in flags {
+                if received != current {
+                    return Err(inequivalent(
+                        what, "exchange", &spec.name, received, current,
+                    ));
+                }
             }
             if let Some((arg, r, c)) = argument_difference(&spec.arguments, &ex.arguments) {
                 return Err(inequivalent(&arg, "exchange", &spec.name, r, c));
