@@ -803,3 +803,46 @@ async fn a_dead_lettered_persistent_message_survives_a_restart_in_its_dead_lette
     );
     assert_eq!(queue_exists(&conn, &work).await.expect("work queue"), 0);
 }
+
+#[tokio::test]
+async fn message_ttls_keep_running_across_a_restart() {
+    let test = "message_ttls_keep_running_across_a_restart";
+    let Some(mut broker) = TestBroker::start_process(test, &[]).await else {
+        return;
+    };
+    let conn = connect(&broker).await;
+    let ch = confirm_channel(&conn).await;
+    let (per_message, per_queue) = (unique("ttl-message"), unique("ttl-queue"));
+    declare_durable_queue(&ch, &per_message).await;
+    let mut args = FieldTable::default();
+    args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(1500));
+    timeout(ch.queue_declare(
+        per_queue.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        args,
+    ))
+    .await
+    .expect("declare the queue with a TTL");
+    let expiring = persistent().with_expiration("1500".into());
+    publish_with(&ch, "", &per_message, b"expires", expiring).await;
+    publish_with(&ch, "", &per_message, b"stays", persistent()).await;
+    publish_with(&ch, "", &per_queue, b"expires too", persistent()).await;
+
+    stop(&mut broker).await;
+    let conn = restart(&mut broker).await;
+    // Without consumers or any other activity, the broker expires both on its own.
+    eventually(
+        "the message with an expiration expires after the restart",
+        || async { queue_exists(&conn, &per_message).await.unwrap_or(0) == 1 },
+    )
+    .await;
+    eventually(
+        "the message in the TTL queue expires after the restart",
+        || async { queue_exists(&conn, &per_queue).await.unwrap_or(1) == 0 },
+    )
+    .await;
+    assert_eq!(bodies(&drain(&conn, &per_message).await), vec!["stays"]);
+}

@@ -7,7 +7,7 @@ use crate::expiry::{NEVER, message_deadline};
 use crate::queue::Queue;
 use crate::store::Recovered;
 use crate::store::metadata::{self, BindingDef, ExchangeDef, QueueDef, Topology};
-use crate::vhost::State;
+use crate::vhost::{State, arm_head_expiry, touch};
 use std::sync::Arc;
 
 /// Exchanges every broker declares itself; they are never written to the snapshot.
@@ -123,6 +123,7 @@ impl State {
             }
         }
         let now = self.timers.now();
+        let wall_now = crate::store::wall_clock_ms();
         for recovered in messages {
             for (queue_id, delivered) in recovered.queues {
                 let Some(q) = by_id
@@ -131,10 +132,15 @@ impl State {
                 else {
                     continue;
                 };
-                // Expiry restarts from now: deadlines are not kept across restarts.
-                let deadline = match q.args.message_ttl_ms {
-                    Some(ttl) => message_deadline(now, Some(ttl), None),
-                    None => NEVER,
+                // TTLs run on from when the message was written: what is left of the
+                // smaller of the queue's and the message's own, on the vhost clock.
+                let deadline = match (q.args.message_ttl_ms, recovered.expiration_ms) {
+                    (None, None) => NEVER,
+                    (ttl, expiration) => {
+                        let elapsed = wall_now.saturating_sub(recovered.published_ms);
+                        let left = |t: Option<u64>| t.map(|t| t.saturating_sub(elapsed));
+                        message_deadline(now, left(ttl), left(expiration))
+                    }
                 };
                 q.push_paged(
                     recovered.id,
@@ -144,6 +150,12 @@ impl State {
                     delivered,
                 );
             }
+        }
+        // Start the clocks of what was recovered: head expiry and x-expires.
+        let timers = &mut self.timers;
+        for q in self.queues.values_mut() {
+            touch(q, timers);
+            arm_head_expiry(q, timers);
         }
     }
 

@@ -82,15 +82,7 @@ impl Log {
                             .push((msg.clone(), pack_location(current.number, offset)));
                         current.first_msg.get_or_insert(id);
                         current.live += queues.len() as u64;
-                        put_enqueue(
-                            &mut self.buf,
-                            id,
-                            &queues,
-                            &msg.exchange,
-                            &msg.routing_key,
-                            &msg.header,
-                            &msg.body,
-                        );
+                        put_enqueue(&mut self.buf, id, wall_clock_ms(), &queues, &msg);
                         self.waiting.extend(confirm);
                     }
                     Op::Marker {
@@ -214,4 +206,11 @@ fn create_segment(dir: &std::path::Path, number: u64) -> std::io::Result<File> {
         .open(segment_path(dir, number))?;
     File::open(dir)?.sync_all()?;
     Ok(file)
+}
+
+/// Milliseconds since the Unix epoch, as written in enqueue records.
+pub fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

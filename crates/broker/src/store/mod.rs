@@ -69,6 +69,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+pub use log::wall_clock_ms;
 pub use recovery::Recovered;
 
 /// A segment is closed and a new one started once it reaches this size.

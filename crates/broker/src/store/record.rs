@@ -3,15 +3,18 @@
 //! ```text
 //! record  = len:u32  crc:u32  kind:u8  body[len]
 //! crc     = CRC-32 (IEEE) of kind and body
-//! enqueue = kind 1: msg:u64 nqueues:u16 queue:u64*nqueues exchange:str8 routing_key:str8
-//!                   header:bytes32 body:bytes32
+//! enqueue = kind 1: msg:u64 published:u64 nqueues:u16 queue:u64*nqueues
+//!                   exchange:str8 routing_key:str8 header:bytes32 body:bytes32
 //! deliver = kind 2: queue:u64 msg:u64      (the message was handed to a consumer)
 //! remove  = kind 3: queue:u64 msg:u64      (acknowledged, dropped or purged)
 //! ```
 //! All integers are big-endian; `str8` is a length octet and bytes, `bytes32` a 32-bit
-//! length and bytes. A record is only trusted once its CRC matches.
+//! length and bytes; `published` is the wall clock in milliseconds since the Unix epoch
+//! when the record was written (TTLs run on across restarts from it). A record is only
+//! trusted once its CRC matches.
 
 use crate::codec::wire::Reader;
+use crate::message::Message;
 use bytes::Bytes;
 
 /// Bytes before a record's body: length, CRC and kind.
@@ -29,6 +32,7 @@ const KIND_REMOVE: u8 = 3;
 pub enum Record {
     Enqueue {
         msg: u64,
+        published_ms: u64,
         queues: Vec<u64>,
         exchange: String,
         routing_key: String,
@@ -45,28 +49,27 @@ pub enum Record {
     },
 }
 
-/// Appends an enqueue record without building a [`Record`] (the hot path).
+/// Appends an enqueue record for `message` without building a [`Record`] (the hot path).
 pub fn put_enqueue(
     out: &mut Vec<u8>,
     msg: u64,
+    published_ms: u64,
     queues: &[u64],
-    exchange: &str,
-    routing_key: &str,
-    header: &[u8],
-    body: &[u8],
+    message: &Message,
 ) {
     put_framed(out, KIND_ENQUEUE, |o| {
         o.extend_from_slice(&msg.to_be_bytes());
+        o.extend_from_slice(&published_ms.to_be_bytes());
         o.extend_from_slice(&(queues.len() as u16).to_be_bytes());
         for q in queues {
             o.extend_from_slice(&q.to_be_bytes());
         }
-        put_str8(o, exchange);
-        put_str8(o, routing_key);
-        o.extend_from_slice(&(header.len() as u32).to_be_bytes());
-        o.extend_from_slice(header);
-        o.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        o.extend_from_slice(body);
+        put_str8(o, &message.exchange);
+        put_str8(o, &message.routing_key);
+        o.extend_from_slice(&(message.header.len() as u32).to_be_bytes());
+        o.extend_from_slice(&message.header);
+        o.extend_from_slice(&(message.body.len() as u32).to_be_bytes());
+        o.extend_from_slice(&message.body);
     });
 }
 
@@ -131,6 +134,7 @@ fn parse(kind: u8, body: &[u8]) -> Option<Record> {
     let record = match kind {
         KIND_ENQUEUE => {
             let msg = r.u64().ok()?;
+            let published_ms = r.u64().ok()?;
             let n = r.u16().ok()?;
             let queues = (0..n)
                 .map(|_| r.u64())
@@ -142,6 +146,7 @@ fn parse(kind: u8, body: &[u8]) -> Option<Record> {
             let body = Bytes::copy_from_slice(r.long_bytes().ok()?);
             Record::Enqueue {
                 msg,
+                published_ms,
                 queues,
                 exchange,
                 routing_key,
@@ -170,11 +175,21 @@ mod tests {
     #[test]
     fn records_read_back_and_damage_is_detected() {
         let mut log = Vec::new();
-        put_enqueue(&mut log, 7, &[1, 2], "ex", "a.b", b"hdr", b"body");
+        let message = Message::new(
+            "ex",
+            "a.b",
+            Bytes::from_static(b"hdr"),
+            Bytes::from_static(b"body"),
+            true,
+        );
+        put_enqueue(&mut log, 7, 1_700_000_000_000, &[1, 2], &message);
         put_marker(&mut log, false, 1, 7);
         put_marker(&mut log, true, 2, 7);
         let (first, n) = read_record(&log).unwrap();
-        assert!(matches!(first, Record::Enqueue { msg: 7, ref queues, .. } if queues == &[1, 2]));
+        assert!(matches!(
+            first,
+            Record::Enqueue { msg: 7, published_ms: 1_700_000_000_000, ref queues, .. } if queues == &[1, 2]
+        ));
         let (second, m) = read_record(&log[n..]).unwrap();
         assert_eq!(second, Record::Deliver { queue: 1, msg: 7 });
         let (third, _) = read_record(&log[n + m..]).unwrap();

@@ -4,6 +4,7 @@ use super::log::Segment;
 use super::metadata::{self, Topology};
 use super::record::{ReadError, Record, read_record};
 use super::{MESSAGES_DIR, SEGMENT_EXT};
+use crate::codec::content::parse_content_header;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
@@ -15,6 +16,10 @@ pub struct RecoveredMessage {
     /// Where its record is ([`super::pack_location`]).
     pub location: u64,
     pub body_len: u32,
+    /// When it was written (wall clock, ms since the Unix epoch) and its own
+    /// `expiration`, so TTLs run on across the restart.
+    pub published_ms: u64,
+    pub expiration_ms: Option<u64>,
     /// Durable queue ids it is in, each with whether a consumer had already received it.
     pub queues: Vec<(u64, bool)>,
 }
@@ -32,6 +37,8 @@ pub struct Recovered {
 struct Pending {
     location: u64,
     body_len: u32,
+    published_ms: u64,
+    expiration_ms: Option<u64>,
     queues: Vec<(u64, bool)>,
 }
 
@@ -86,7 +93,12 @@ pub fn recover(dir: &Path) -> std::io::Result<Recovered> {
             at += size;
             match record {
                 Record::Enqueue {
-                    msg, queues, body, ..
+                    msg,
+                    published_ms,
+                    queues,
+                    header,
+                    body,
+                    ..
                 } => {
                     segment.first_msg.get_or_insert(msg);
                     enqueued += 1;
@@ -102,6 +114,10 @@ pub fn recover(dir: &Path) -> std::io::Result<Recovered> {
                             Pending {
                                 location,
                                 body_len: body.len() as u32,
+                                published_ms,
+                                expiration_ms: parse_content_header(&header)
+                                    .ok()
+                                    .and_then(|h| h.expiration_ms),
                                 queues,
                             },
                         );
@@ -146,6 +162,8 @@ pub fn recover(dir: &Path) -> std::io::Result<Recovered> {
             id,
             location: p.location,
             body_len: p.body_len,
+            published_ms: p.published_ms,
+            expiration_ms: p.expiration_ms,
             queues: p.queues,
         });
     }

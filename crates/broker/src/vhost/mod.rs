@@ -369,7 +369,7 @@ impl State {
 }
 
 /// Schedules the expiry of `q`'s head message, unless an earlier timer is pending.
-fn arm_head_expiry(q: &mut Queue, timers: &mut Timers) {
+pub(crate) fn arm_head_expiry(q: &mut Queue, timers: &mut Timers) {
     let Some(deadline) = q.head_deadline() else {
         return;
     };
@@ -401,7 +401,7 @@ fn arm_queue_expiry(q: &mut Queue, timers: &mut Timers) {
 
 /// Records a use of `q` (declare, `basic.get`, last consumer gone): with `x-expires`
 /// and no consumers, the queue now expires that long from now.
-fn touch(q: &mut Queue, timers: &mut Timers) {
+pub(crate) fn touch(q: &mut Queue, timers: &mut Timers) {
     let Some(ms) = q.args.expires_ms else {
         return;
     };
