@@ -47,7 +47,8 @@
 //! and recovery goes on with the next segment. The broker never refuses to start over a
 //! damaged store and never delivers a record whose CRC does not match. Messages whose
 //! queues are gone are dropped. Survivors are requeued in their original order, with
-//! `redelivered` set if a deliver record says a consumer had them. Writing then starts in
+//! `redelivered` set if a deliver record says a consumer had them, and with what is left of
+//! their TTL (enqueue records carry the time they were written). Writing then starts in
 //! a fresh segment.
 //!
 //! # Errors
