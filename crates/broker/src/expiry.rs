@@ -112,6 +112,20 @@ impl Timers {
         self.heap.pop().map(|e| e.0)
     }
 
+    /// Entries in the heap, stale ones included.
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
+    /// Keeps only the entries `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Due) -> bool) {
+        self.heap.retain(|entry| keep(&entry.0));
+    }
+
     /// When the earliest entry is due.
     pub fn next(&self) -> Option<Instant> {
         self.heap.peek().map(|e| self.clock.instant(e.0.deadline))

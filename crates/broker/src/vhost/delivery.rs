@@ -2,6 +2,9 @@
 //! moves messages.
 
 use super::*;
+
+/// Timer entries allowed beyond two per queue before stale ones are swept.
+const STALE_TIMERS_SLACK: usize = 1024;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 impl State {
@@ -253,7 +256,26 @@ impl State {
         if !self.dead.is_empty() {
             self.republish_dead_letters();
         }
+        if self.timers.len() > STALE_TIMERS_SLACK + 2 * self.queues.len() {
+            self.drop_stale_timers();
+        }
         self.timers.forget_now();
+    }
+
+    /// Removes timer entries nothing waits for any more (an earlier head deadline
+    /// replaced them, or their queue is gone), so the heap stays proportional to the
+    /// queues however clients play with expirations.
+    fn drop_stale_timers(&mut self) {
+        let queues = &self.queues;
+        self.timers.retain(|due| {
+            queues
+                .get(&due.queue)
+                .filter(|q| q.id == due.queue_id)
+                .is_some_and(|q| match due.kind {
+                    TimerKind::Head => q.head_timer == Some(due.deadline),
+                    TimerKind::Queue => q.expiry_timer,
+                })
+        });
     }
 
     /// Publishes every collected dead letter to its dead-letter exchange, in the order
