@@ -16,7 +16,7 @@ use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use tokio::task::JoinSet;
 
-use super::{BODY_SIZE, Ctx, Outcome};
+use super::{BODY_SIZE, Ctx, Outcome, publish_and_measure};
 use crate::flow::{self, Credit, Message, STEP_TIMEOUT, Settle, within};
 
 /// Consumer channels the N queues are spread over.
@@ -147,27 +147,16 @@ async fn measure(
             }
         }
     };
-    workers.spawn(flow::publish_until_closed(
-        publish_channel,
-        credit.clone(),
-        message,
-    ));
-
-    let rate = flow::measure_rate(
-        &counter,
-        ctx.probe.as_ref(),
-        ctx.warmup,
-        ctx.duration,
+    publish_and_measure(
+        ctx,
         &mut workers,
+        publish_channel,
+        credit,
+        message,
+        &counter,
+        "delivery",
     )
-    .await;
-    credit.close();
-    let rate = rate?;
-    Ok(Outcome::Rate {
-        per_second: rate.per_second,
-        unit: "delivery",
-        cpu_us: rate.cpu_us_per_unit,
-    })
+    .await
 }
 
 /// Declares an exclusive queue, binds it with `fan.#` when given an exchange, and starts a

@@ -237,3 +237,36 @@ pub async fn run_all(plan: &Plan, target: &Target) -> Vec<Measured> {
     }
     results
 }
+
+/// Publishes `message` on `channel` as fast as `credit` allows, measures `counter` over
+/// the measured window as a rate of `unit`s, then stops the publisher.
+pub async fn publish_and_measure(
+    ctx: &Ctx,
+    workers: &mut tokio::task::JoinSet<Result<()>>,
+    channel: lapin::Channel,
+    credit: crate::flow::Credit,
+    message: crate::flow::Message,
+    counter: &std::sync::atomic::AtomicU64,
+    unit: &'static str,
+) -> Result<Outcome> {
+    workers.spawn(crate::flow::publish_until_closed(
+        channel,
+        credit.clone(),
+        message,
+    ));
+    let rate = crate::flow::measure_rate(
+        counter,
+        ctx.probe.as_ref(),
+        ctx.warmup,
+        ctx.duration,
+        workers,
+    )
+    .await;
+    credit.close();
+    let rate = rate?;
+    Ok(Outcome::Rate {
+        per_second: rate.per_second,
+        unit,
+        cpu_us: rate.cpu_us_per_unit,
+    })
+}

@@ -11,7 +11,7 @@ use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use tokio::task::JoinSet;
 
-use super::{BODY_SIZE, Ctx, Outcome};
+use super::{BODY_SIZE, Ctx, Outcome, publish_and_measure};
 use crate::flow::{self, Credit, Message, STEP_TIMEOUT, Settle, within};
 
 /// Messages published but not yet consumed, at most.
@@ -121,25 +121,14 @@ async fn measure(
         body: vec![b'x'; BODY_SIZE],
         deliveries: 1,
     };
-    workers.spawn(flow::publish_until_closed(
-        publish_channel,
-        credit.clone(),
-        message,
-    ));
-
-    let rate = flow::measure_rate(
-        &counter,
-        ctx.probe.as_ref(),
-        ctx.warmup,
-        ctx.duration,
+    publish_and_measure(
+        ctx,
         &mut workers,
+        publish_channel,
+        credit,
+        message,
+        &counter,
+        "msg",
     )
-    .await;
-    credit.close();
-    let rate = rate?;
-    Ok(Outcome::Rate {
-        per_second: rate.per_second,
-        unit: "msg",
-        cpu_us: rate.cpu_us_per_unit,
-    })
+    .await
 }
