@@ -1,5 +1,19 @@
-//! Facts shared by every dispatch crate: default addresses, product names and, as the
-//! system grows, message types, signing and the target grammar. One place for each fact.
+//! Facts and types shared by every dispatch crate, one place for each:
+//!
+//! - [`names`]: the id/group grammar and the AMQP topology names;
+//! - [`keys`]: ed25519 key files and fingerprints;
+//! - [`envelope`]: the signed envelope and its signature domains;
+//! - [`message`]: commands and replies; [`rpc`]: the master's request/response API;
+//! - [`target`]: the target grammar and matching;
+//! - [`sasl`]: the `DISPATCH-ED25519` broker authentication.
+
+pub mod envelope;
+pub mod keys;
+pub mod message;
+pub mod names;
+pub mod rpc;
+pub mod sasl;
+pub mod target;
 
 /// The product name announced in AMQP server and client properties.
 pub const PRODUCT: &str = "dispatch";
