@@ -87,3 +87,16 @@ impl ExecResult {
         self.exit_code == Some(0) && self.error.is_none()
     }
 }
+
+/// What a minion announces on [`EVENTS_EXCHANGE`](crate::names::EVENTS_EXCHANGE) when it
+/// comes up and at every heartbeat, signed under
+/// [`domain::REPLY`](crate::envelope::domain::REPLY).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    pub minion: String,
+    pub groups: Vec<String>,
+    pub version: String,
+    pub at_ms: u64,
+    /// False in the last announcement of a minion that is shutting down.
+    pub up: bool,
+}

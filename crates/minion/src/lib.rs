@@ -1,1 +1,3 @@
-//! The dispatch minion daemon. It arrives with the remote-execution issue.
+//! The dispatch minion daemon.
+
+pub mod cli;
