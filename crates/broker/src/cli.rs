@@ -41,7 +41,8 @@ pub struct Args {
     pub frame_max: u32,
 }
 
-fn parse_user(s: &str) -> Result<User, String> {
+/// Parses a `NAME:PASSWORD` user (full permissions, accepted from anywhere).
+pub fn parse_user(s: &str) -> Result<User, String> {
     let (name, password) = s
         .split_once(':')
         .filter(|(n, p)| !n.is_empty() && !p.is_empty())
@@ -50,6 +51,7 @@ fn parse_user(s: &str) -> Result<User, String> {
         name: name.to_owned(),
         password: password.to_owned(),
         loopback_only: false,
+        permissions: crate::Permissions::Full,
     })
 }
 

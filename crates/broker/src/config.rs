@@ -1,7 +1,9 @@
 //! The broker's settings, with their documented defaults. Every bound the broker
 //! enforces is here.
 
+use crate::identity::{KeyAuthority, Permissions};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// `frame_max` proposed in `connection.tune` (RabbitMQ's default).
@@ -56,6 +58,8 @@ pub struct User {
     pub password: String,
     /// Accepted only from loopback addresses, as RabbitMQ treats `guest`.
     pub loopback_only: bool,
+    /// What the user may do once logged in.
+    pub permissions: Permissions,
 }
 
 impl User {
@@ -65,6 +69,7 @@ impl User {
             name: "guest".into(),
             password: "guest".into(),
             loopback_only: true,
+            permissions: Permissions::Full,
         }
     }
 }
@@ -72,7 +77,10 @@ impl User {
 /// Everything the broker can be told.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
+    /// PLAIN/AMQPLAIN users; with none, those mechanisms are not offered.
     pub users: Vec<User>,
+    /// Decides key logins (`DISPATCH-ED25519`); with none, that mechanism is not offered.
+    pub key_authority: Option<Arc<dyn KeyAuthority>>,
     pub frame_max: u32,
     pub channel_max: u16,
     pub heartbeat_secs: u16,
@@ -89,6 +97,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
             users: vec![User::guest()],
+            key_authority: None,
             frame_max: DEFAULT_FRAME_MAX,
             channel_max: DEFAULT_CHANNEL_MAX,
             heartbeat_secs: DEFAULT_HEARTBEAT_SECS,

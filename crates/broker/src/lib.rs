@@ -4,7 +4,10 @@
 //! runnable alone as `dispatch-broker`. The modules follow the protocol:
 //!
 //! - [`server`]: accept loop and shutdown;
-//! - [`connection`]: handshake, reading frames, writing through the [`outbox`];
+//! - [`connection`]: handshake (with PLAIN, AMQPLAIN or `DISPATCH-ED25519` logins),
+//!   reading frames, writing through the [`outbox`];
+//! - [`identity`]: the [`KeyAuthority`] that admits key logins and the [`Permissions`]
+//!   a connection gets; [`permission`] checks them in every channel handler;
 //! - [`channel`]: per-channel state and the handler of every method;
 //! - [`vhost`]: exchanges, queues, consumers and deliveries behind one lock, with
 //!   routing in [`exchange`] and queue contents and length limits in [`queue`];
@@ -29,9 +32,11 @@ pub mod deadletter;
 pub mod error;
 pub mod exchange;
 pub mod expiry;
+pub mod identity;
 pub mod message;
 pub mod names;
 pub mod outbox;
+pub mod permission;
 mod persistence;
 pub mod queue;
 pub mod server;
@@ -40,4 +45,5 @@ pub mod vhost;
 
 pub use broker::Broker;
 pub use config::{BrokerConfig, User};
+pub use identity::{KeyAuthority, Permissions};
 pub use server::serve;

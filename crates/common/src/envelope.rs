@@ -155,6 +155,9 @@ mod tests {
             Err(EnvelopeError::Malformed(_))
         ));
         let big = vec![0; MAX_ENVELOPE_BYTES + 1];
-        assert!(matches!(Envelope::decode(&big), Err(EnvelopeError::TooLarge(_))));
+        assert!(matches!(
+            Envelope::decode(&big),
+            Err(EnvelopeError::TooLarge(_))
+        ));
     }
 }

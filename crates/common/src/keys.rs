@@ -55,48 +55,59 @@ impl KeyPair {
     /// Loads the key at `path`, creating it (mode 0600, parent dirs 0700) if missing.
     /// Refuses a key file that group or others can access.
     pub fn load_or_create(path: &Path) -> Result<Self, KeyError> {
+        match Self::load(path) {
+            Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Self::create(path)
+            }
+            loaded => loaded,
+        }
+    }
+
+    /// Loads the existing key at `path`, refusing one that group or others can access.
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
         let io = |source| KeyError::Io {
             path: path.to_owned(),
             source,
         };
-        match std::fs::metadata(path) {
-            Ok(meta) => {
-                let mode = meta.permissions().mode() & 0o777;
-                if mode & 0o077 != 0 {
-                    return Err(KeyError::LoosePermissions {
-                        path: path.to_owned(),
-                        mode,
-                    });
-                }
-                let text = std::fs::read_to_string(path).map_err(io)?;
-                let secret = decode_hex::<32>(text.trim()).ok_or_else(|| KeyError::Malformed {
-                    path: path.to_owned(),
-                })?;
-                Ok(Self {
-                    signing: SigningKey::from_bytes(&secret),
-                })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let pair = Self::generate();
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::DirBuilder::new()
-                        .recursive(true)
-                        .mode(0o700)
-                        .create(dir)
-                        .map_err(io)?;
-                }
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)
-                    .map_err(io)?;
-                writeln!(file, "{}", encode_hex(pair.signing.as_bytes())).map_err(io)?;
-                file.sync_all().map_err(io)?;
-                Ok(pair)
-            }
-            Err(e) => Err(io(e)),
+        let meta = std::fs::metadata(path).map_err(io)?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyError::LoosePermissions {
+                path: path.to_owned(),
+                mode,
+            });
         }
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        let secret = decode_hex::<32>(text.trim()).ok_or_else(|| KeyError::Malformed {
+            path: path.to_owned(),
+        })?;
+        Ok(Self {
+            signing: SigningKey::from_bytes(&secret),
+        })
+    }
+
+    fn create(path: &Path) -> Result<Self, KeyError> {
+        let io = |source| KeyError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let pair = Self::generate();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io)?;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+        writeln!(file, "{}", encode_hex(pair.signing.as_bytes())).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        Ok(pair)
     }
 
     pub fn public(&self) -> PublicKey {
@@ -105,7 +116,9 @@ impl KeyPair {
 
     /// Signs `domain` followed by `message`.
     pub fn sign(&self, domain: &str, message: &[u8]) -> [u8; 64] {
-        self.signing.sign(&domain_separated(domain, message)).to_bytes()
+        self.signing
+            .sign(&domain_separated(domain, message))
+            .to_bytes()
     }
 }
 
@@ -242,10 +255,21 @@ mod tests {
     fn signatures_are_bound_to_their_domain() {
         let pair = KeyPair::generate();
         let sig = pair.sign("dispatch/command/v1", b"payload");
-        assert!(pair.public().verify("dispatch/command/v1", b"payload", &sig));
+        assert!(
+            pair.public()
+                .verify("dispatch/command/v1", b"payload", &sig)
+        );
         assert!(!pair.public().verify("dispatch/reply/v1", b"payload", &sig));
-        assert!(!pair.public().verify("dispatch/command/v1", b"payloaD", &sig));
-        assert!(!KeyPair::generate().public().verify("dispatch/command/v1", b"payload", &sig));
+        assert!(
+            !pair
+                .public()
+                .verify("dispatch/command/v1", b"payloaD", &sig)
+        );
+        assert!(
+            !KeyPair::generate()
+                .public()
+                .verify("dispatch/command/v1", b"payload", &sig)
+        );
     }
 
     #[test]
@@ -254,7 +278,10 @@ mod tests {
         let text = fp.to_string();
         assert_eq!(text.len(), 39);
         assert_eq!(Fingerprint::parse(&text), Some(fp));
-        assert_eq!(Fingerprint::parse(&text.replace(':', "").to_uppercase()), Some(fp));
+        assert_eq!(
+            Fingerprint::parse(&text.replace(':', "").to_uppercase()),
+            Some(fp)
+        );
         assert_eq!(Fingerprint::parse("zz"), None);
     }
 

@@ -5,8 +5,9 @@
 //! - [`envelope`]: the signed envelope and its signature domains;
 //! - [`message`]: commands and replies; [`rpc`]: the master's request/response API;
 //! - [`target`]: the target grammar and matching;
-//! - [`sasl`]: the `DISPATCH-ED25519` broker authentication.
+//! - [`sasl`]: the `DISPATCH-ED25519` broker authentication; [`client`]: connecting.
 
+pub mod client;
 pub mod envelope;
 pub mod keys;
 pub mod message;

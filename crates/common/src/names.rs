@@ -45,8 +45,7 @@ pub fn check_name(kind: &'static str, name: &str) -> Result<(), NameError> {
             }
             Some(_) => {}
         }
-        if !bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        {
+        if !bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_') {
             return refuse("it contains a character outside a-z, 0-9, '-', '_' and '.'");
         }
     }
@@ -125,6 +124,9 @@ mod tests {
     #[test]
     fn the_error_says_what_to_do() {
         let err = check_name("group", "Web").unwrap_err().to_string();
-        assert!(err.contains("invalid group 'Web'") && err.contains("e.g. web.01"), "{err}");
+        assert!(
+            err.contains("invalid group 'Web'") && err.contains("e.g. web.01"),
+            "{err}"
+        );
     }
 }

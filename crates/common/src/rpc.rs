@@ -38,9 +38,16 @@ impl Request {
 pub enum RequestBody {
     ListKeys,
     /// Accept the pending keys of `ids`, or every pending key when `all`.
-    AcceptKeys { ids: Vec<String>, all: bool },
-    RejectKey { id: String },
-    DeleteKey { id: String },
+    AcceptKeys {
+        ids: Vec<String>,
+        all: bool,
+    },
+    RejectKey {
+        id: String,
+    },
+    DeleteKey {
+        id: String,
+    },
 }
 
 /// The master's answer, signed, with the request's nonce.

@@ -126,7 +126,9 @@ impl Proof {
     /// proves; whether that key may connect is the registry's decision.
     pub fn verify(bytes: &[u8], challenge: &Challenge) -> Result<(Proof, PublicKey), String> {
         if bytes.len() > MAX_PROOF_BYTES {
-            return Err(format!("{MECHANISM} response larger than {MAX_PROOF_BYTES} bytes"));
+            return Err(format!(
+                "{MECHANISM} response larger than {MAX_PROOF_BYTES} bytes"
+            ));
         }
         let proof: Proof = rmp_serde::from_slice(bytes)
             .map_err(|e| format!("malformed {MECHANISM} response: {e}"))?;
@@ -242,7 +244,11 @@ mod tests {
     fn bad_names_in_a_proof_are_refused() {
         let challenge = Challenge::new(KeyPair::generate().public());
         let bytes = Proof::sign(&KeyPair::generate(), "web.*", Role::Minion, &[], &challenge);
-        assert!(Proof::verify(&bytes.encode(), &challenge).unwrap_err().contains("invalid id"));
+        assert!(
+            Proof::verify(&bytes.encode(), &challenge)
+                .unwrap_err()
+                .contains("invalid id")
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use crate::connection::Connection;
 use crate::error::AmqpError;
 use crate::names::{CONSUMER_TAG_PREFIX, random_token};
+use crate::permission;
 use crate::vhost::ConsumeSpec;
 use amq_protocol::protocol::{AMQPClass, basic};
 use std::sync::Arc;
@@ -25,6 +26,7 @@ impl Connection {
             }
             basic::AMQPMethod::Consume(m) => {
                 let queue = self.queue_name(ch, m.queue.as_str())?;
+                permission::consume(&self.tuning.permissions, &queue)?;
                 let tag: Arc<str> = if m.consumer_tag.as_str().is_empty() {
                     format!("{CONSUMER_TAG_PREFIX}{}", random_token()).into()
                 } else {
@@ -71,6 +73,7 @@ impl Connection {
             }
             basic::AMQPMethod::Get(m) => {
                 let queue = self.queue_name(ch, m.queue.as_str())?;
+                permission::get(&self.tuning.permissions, &queue)?;
                 if !self.broker.vhost.lock().get(key, &queue, m.no_ack)? {
                     self.send(
                         ch,

@@ -3,6 +3,7 @@
 
 use crate::connection::Connection;
 use crate::error::AmqpError;
+use crate::permission;
 use crate::vhost::ExchangeSpec;
 use amq_protocol::protocol::{AMQPClass, exchange};
 
@@ -14,6 +15,11 @@ impl Connection {
     ) -> Result<(), AmqpError> {
         match method {
             exchange::AMQPMethod::Declare(m) => {
+                permission::declare_exchange(
+                    &self.tuning.permissions,
+                    m.exchange.as_str(),
+                    m.passive,
+                )?;
                 if m.exchange.as_str().is_empty() {
                     return Err(AmqpError::access_refused(
                         "operation not permitted on the default exchange",
@@ -40,6 +46,7 @@ impl Connection {
                 Ok(())
             }
             exchange::AMQPMethod::Delete(m) => {
+                permission::delete_exchange(&self.tuning.permissions, m.exchange.as_str())?;
                 self.broker
                     .vhost
                     .lock()
@@ -52,7 +59,9 @@ impl Connection {
                 }
                 Ok(())
             }
-            exchange::AMQPMethod::Bind(_) | exchange::AMQPMethod::Unbind(_) => {
+            exchange::AMQPMethod::Bind(exchange::Bind { destination, .. })
+            | exchange::AMQPMethod::Unbind(exchange::Unbind { destination, .. }) => {
+                permission::bind_exchange(&self.tuning.permissions, destination.as_str())?;
                 Err(AmqpError::not_implemented(
                     "exchange-to-exchange bindings are not supported; bind queues to exchanges",
                 ))

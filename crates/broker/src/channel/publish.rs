@@ -1,13 +1,16 @@
 //! `basic.publish` with its content, and `confirm.select`.
 //!
 //! A publish is a method frame, a content header and zero or more body frames. The
-//! header's body size is checked against the broker's maximum before any body byte is
-//! buffered. Once the body is complete the message is routed; a mandatory message that
-//! reached no queue comes back with `basic.return` (312 NO_ROUTE) *before* its publisher
-//! confirm, which is written right after routing (transient messages; durable ones will
-//! be confirmed once on disk). A message refused by a full queue (`x-overflow =
-//! reject-publish[-dlx]`) is nacked in confirm mode, and not returned even if mandatory,
-//! as RabbitMQ does.
+//! connection's permission to publish to that exchange with that routing key is checked
+//! on the method frame ([`crate::permission::publish`]). The header's body size and its
+//! `user_id` property (which must name the authenticated user, as in RabbitMQ) are
+//! checked when the header arrives, before any body byte is buffered. Once the body is
+//! complete, `CC`/`BCC` keys are checked like the routing key and the message is routed;
+//! a mandatory message that reached no queue comes back with `basic.return` (312
+//! NO_ROUTE) *before* its publisher confirm, which is written right after routing
+//! (transient messages; durable ones will be confirmed once on disk). A message refused
+//! by a full queue (`x-overflow = reject-publish[-dlx]`) is nacked in confirm mode, and
+//! not returned even if mandatory, as RabbitMQ does.
 
 use crate::codec::content::{
     ContentHeader, headers_table, parse_content_header, routing_keys, without_bcc,
@@ -20,6 +23,7 @@ use crate::confirm::{Confirm, ConfirmSink};
 use crate::connection::Connection;
 use crate::error::{AmqpError, code};
 use crate::message::{MemoryCharge, Message};
+use crate::permission;
 use crate::vhost::Routed;
 use amq_protocol::protocol::{AMQPClass, confirm};
 use bytes::{Bytes, BytesMut};
@@ -84,6 +88,8 @@ impl Connection {
             )
             .during(class_id, method_id));
         }
+        permission::publish(&self.tuning.permissions, args.exchange, args.routing_key)
+            .map_err(|e| e.during(class_id, method_id))?;
         self.state(ch).pending = Some(PendingPublish {
             exchange: args.exchange.to_owned(),
             routing_key: args.routing_key.to_owned(),
@@ -98,7 +104,8 @@ impl Connection {
     /// A content header or body frame.
     pub(super) fn on_content(&mut self, ch: u16, frame: RawFrame) -> Result<(), AmqpError> {
         let max = self.broker.config.max_message_size;
-        let state = self.state(ch);
+        let user = &self.tuning.user;
+        let state = self.channels.entry(ch).or_default();
         let Some(pending) = state.pending.as_mut() else {
             return Err(AmqpError::unexpected_frame(
                 "content frame without a preceding basic.publish",
@@ -121,6 +128,9 @@ impl Connection {
                         header.body_size
                     ))
                     .during(60, 40));
+                }
+                if let Some(range) = &header.user_id {
+                    check_user_id(&frame.payload[range.clone()], user)?;
                 }
                 let complete = header.body_size == 0;
                 pending._charge = Some(MemoryCharge::new(header.body_size as usize));
@@ -176,16 +186,6 @@ impl Connection {
         };
         let confirm = state.confirms.as_mut().map(Confirms::next);
         let during = |e: AmqpError| e.during(60, 40);
-        if let Some(range) = &header.user_id {
-            let user_id = &header_bytes[range.clone()];
-            if user_id != self.tuning.user.as_bytes() {
-                return Err(during(AmqpError::precondition_failed(format!(
-                    "user_id property set to '{}' but authenticated user was '{}'",
-                    String::from_utf8_lossy(user_id),
-                    self.tuning.user
-                ))));
-            }
-        }
         let mut extra_keys = Vec::new();
         let headers = header
             .headers
@@ -199,6 +199,10 @@ impl Connection {
                     .map(Bytes::from)
                     .unwrap_or(header_bytes);
             }
+        }
+        if !extra_keys.is_empty() {
+            permission::publish_cc(&self.tuning.permissions, &exchange, &extra_keys)
+                .map_err(during)?;
         }
         let msg = Arc::new(Message::new(
             &exchange,
@@ -269,4 +273,16 @@ impl Connection {
             ))),
         }
     }
+}
+
+/// A published `user_id` must name the authenticated user (RabbitMQ's rule).
+fn check_user_id(user_id: &[u8], user: &str) -> Result<(), AmqpError> {
+    if user_id == user.as_bytes() {
+        return Ok(());
+    }
+    Err(AmqpError::precondition_failed(format!(
+        "user_id property set to '{}' but authenticated user was '{user}'",
+        String::from_utf8_lossy(user_id)
+    ))
+    .during(60, 40))
 }

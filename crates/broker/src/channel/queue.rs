@@ -2,6 +2,7 @@
 
 use crate::connection::Connection;
 use crate::error::AmqpError;
+use crate::permission;
 use crate::vhost::QueueSpec;
 use amq_protocol::protocol::{AMQPClass, queue};
 
@@ -19,12 +20,14 @@ impl Connection {
                     arguments: m.arguments,
                 };
                 let (name, messages, consumers) = if spec.name.is_empty() && !spec.passive {
+                    permission::declare_queue(&self.tuning.permissions, "", false)?;
                     self.broker
                         .vhost
                         .lock()
                         .declare_server_named_queue(conn, spec)?
                 } else {
                     let name = self.queue_name(ch, &spec.name)?;
+                    permission::declare_queue(&self.tuning.permissions, &name, spec.passive)?;
                     self.broker
                         .vhost
                         .lock()
@@ -45,6 +48,7 @@ impl Connection {
             }
             queue::AMQPMethod::Bind(m) => {
                 let name = self.queue_name(ch, m.queue.as_str())?;
+                permission::bind_queue(&self.tuning.permissions, &name)?;
                 self.broker.vhost.lock().bind_queue(
                     conn,
                     &name,
@@ -62,6 +66,7 @@ impl Connection {
             }
             queue::AMQPMethod::Unbind(m) => {
                 let name = self.queue_name(ch, m.queue.as_str())?;
+                permission::bind_queue(&self.tuning.permissions, &name)?;
                 self.broker.vhost.lock().unbind_queue(
                     conn,
                     &name,
@@ -77,6 +82,7 @@ impl Connection {
             }
             queue::AMQPMethod::Purge(m) => {
                 let name = self.queue_name(ch, m.queue.as_str())?;
+                permission::purge_queue(&self.tuning.permissions, &name)?;
                 let message_count = self.broker.vhost.lock().purge_queue(conn, &name)?;
                 if !m.nowait {
                     self.send(
@@ -90,6 +96,7 @@ impl Connection {
             }
             queue::AMQPMethod::Delete(m) => {
                 let name = self.queue_name(ch, m.queue.as_str())?;
+                permission::delete_queue(&self.tuning.permissions, &name)?;
                 let message_count =
                     self.broker
                         .vhost

@@ -1,17 +1,30 @@
 //! The connection handshake: protocol header, `start`/`start-ok` with authentication,
 //! `tune`/`tune-ok`, `open`/`open-ok`. It runs on the whole socket before the
 //! connection splits into its reader and writer.
+//!
+//! PLAIN and AMQPLAIN log in with `start-ok` alone. `DISPATCH-ED25519` takes one more
+//! round: `start-ok` names the client (for the log), the broker sends `secure` with a
+//! fresh [`Challenge`], and the client's `secure-ok` carries the signed proof, which the
+//! [`KeyAuthority`](crate::KeyAuthority) then admits or refuses. Every refusal is
+//! `connection.close` 403 ACCESS_REFUSED with the reason, as RabbitMQ does for clients
+//! with `authentication_failure_close`.
 
-use super::auth::{MECHANISMS, authenticate};
+use super::auth::{
+    Login, authenticate, authenticate_key, is_offered, offered_mechanisms, unsupported,
+};
 use crate::codec::frame::next_frame;
 use crate::codec::method::{parse_method, put_method};
 use crate::codec::{FRAME_HEARTBEAT, FRAME_METHOD, PROTOCOL_HEADER};
 use crate::config::{BrokerConfig, CLOSE_TIMEOUT, FRAME_MIN_SIZE};
 use crate::error::AmqpError;
+use crate::identity::{KeyAuthority, Permissions};
 use amq_protocol::protocol::{AMQPClass, connection};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use bytes::BytesMut;
+use dispatch_common::names::MAX_NAME_LEN;
+use dispatch_common::sasl::{self, Challenge};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -22,7 +35,11 @@ pub struct Negotiated {
     pub channel_max: u16,
     /// Seconds; 0 disables heartbeats.
     pub heartbeat: u16,
+    /// The authenticated user: the PLAIN/AMQPLAIN login, or the id a key proof names.
+    /// A published `user_id` property must equal it.
     pub user: String,
+    /// What this connection may do (checked by [`crate::permission`]).
+    pub permissions: Permissions,
     /// The client understands `basic.cancel` from the broker.
     pub cancel_notify: bool,
     /// The client understands `connection.blocked` / `unblocked`.
@@ -63,7 +80,8 @@ pub async fn handshake(
     }
     let _ = rbuf.split_to(PROTOCOL_HEADER.len());
 
-    send(stream, start_method()).await?;
+    let mechanisms = offered_mechanisms(config);
+    send(stream, start_method(&mechanisms)).await?;
     let start_ok = match next_method(stream, rbuf, config).await? {
         AMQPClass::Connection(connection::AMQPMethod::StartOk(m)) => m,
         _ => {
@@ -76,13 +94,24 @@ pub async fn handshake(
             .await;
         }
     };
-    let user = match authenticate(
-        start_ok.mechanism.as_str(),
-        start_ok.response.as_bytes(),
-        peer.ip(),
-        &config.users,
-    ) {
-        Ok(user) => user,
+    let mechanism = start_ok.mechanism.as_str();
+    let login = if !is_offered(&mechanisms, mechanism) {
+        Err(unsupported(mechanism, &mechanisms))
+    } else if let (sasl::MECHANISM, Some(authority)) = (mechanism, &config.key_authority) {
+        let client = start_ok.response.as_bytes();
+        let client = String::from_utf8_lossy(&client[..client.len().min(MAX_NAME_LEN)]);
+        tracing::debug!(%peer, %client, "{mechanism} login");
+        key_login(stream, rbuf, peer, config, authority).await?
+    } else {
+        authenticate(
+            mechanism,
+            start_ok.response.as_bytes(),
+            peer.ip(),
+            &config.users,
+        )
+    };
+    let Login { user, permissions } = match login {
+        Ok(login) => login,
         Err(reason) => {
             return refuse(stream, rbuf, AmqpError::access_refused(reason), config).await;
         }
@@ -162,12 +191,42 @@ pub async fn handshake(
         channel_max,
         heartbeat: tune_ok.heartbeat,
         user,
+        permissions,
         cancel_notify,
         blocked_notify,
     })
 }
 
-fn start_method() -> AMQPClass {
+/// The `secure`/`secure-ok` round of a `DISPATCH-ED25519` login: a fresh challenge, the
+/// proof read under the usual frame bound, then the authority's decision (`Err` is the
+/// reason to refuse).
+async fn key_login(
+    stream: &mut TcpStream,
+    rbuf: &mut BytesMut,
+    peer: SocketAddr,
+    config: &BrokerConfig,
+    authority: &Arc<dyn KeyAuthority>,
+) -> Result<Result<Login, String>, HandshakeError> {
+    let challenge = Challenge::new(authority.broker_key());
+    let secure = connection::Secure {
+        challenge: challenge.encode().into(),
+    };
+    send(
+        stream,
+        AMQPClass::Connection(connection::AMQPMethod::Secure(secure)),
+    )
+    .await?;
+    let proof = match next_method(stream, rbuf, config).await? {
+        AMQPClass::Connection(connection::AMQPMethod::SecureOk(m)) => m.response,
+        _ => {
+            let err = AmqpError::command_invalid("expected 'connection.secure-ok'");
+            return refuse(stream, rbuf, err, config).await;
+        }
+    };
+    Ok(authenticate_key(authority, proof.as_bytes(), &challenge, peer).await)
+}
+
+fn start_method(mechanisms: &str) -> AMQPClass {
     let mut capabilities = FieldTable::default();
     for cap in [
         "publisher_confirms",
@@ -193,7 +252,7 @@ fn start_method() -> AMQPClass {
         version_major: 0,
         version_minor: 9,
         server_properties: props,
-        mechanisms: LongString::from(MECHANISMS),
+        mechanisms: LongString::from(mechanisms),
         locales: LongString::from("en_US"),
     }))
 }

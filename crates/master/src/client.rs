@@ -1,0 +1,162 @@
+//! The CLI's side of the master's RPC API: connect as an operator, send signed requests,
+//! wait for the master's signed answers on an exclusive reply queue.
+
+use dispatch_common::envelope::{Envelope, domain};
+use dispatch_common::keys::{KeyPair, PublicKey};
+use dispatch_common::names::MASTER_RPC_QUEUE;
+use dispatch_common::rpc::{Request, RequestBody, Response, ResponseBody, Role};
+use dispatch_common::sasl::SaslClient;
+use futures_lite::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, Consumer};
+use std::time::Duration;
+
+/// How long the CLI waits to connect, and then for each answer.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a call to the master failed; every one is exit code 2 for the CLI.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to the master at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("the master did not answer within {0:?}; is `dispatch master` running?")]
+    Timeout(Duration),
+    #[error("lost the connection to the master: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("the master's answer is not valid: {0}")]
+    BadAnswer(String),
+}
+
+/// An operator key and the id it signs as.
+#[derive(Debug, Clone)]
+pub struct Operator {
+    pub id: String,
+    pub key: KeyPair,
+}
+
+/// A connection to the master's RPC queue.
+pub struct MasterClient {
+    connection: Connection,
+    channel: Channel,
+    replies: Consumer,
+    reply_queue: String,
+    operator: Operator,
+    /// The key the master's answers must be signed with, when known: the embedded
+    /// broker's key from the login.
+    master_key: Option<PublicKey>,
+}
+
+impl MasterClient {
+    /// Connects to `url` as `operator`.
+    pub async fn connect(url: &str, operator: Operator) -> Result<Self, ClientError> {
+        let connect_error = |reason: String| ClientError::Connect {
+            url: url.to_owned(),
+            reason,
+        };
+        let sasl = SaslClient::new(operator.key.clone(), &operator.id, Role::Operator, &[]);
+        let connection = tokio::time::timeout(
+            RPC_TIMEOUT,
+            dispatch_common::client::connect(url, sasl.clone(), &operator.id),
+        )
+        .await
+        .map_err(|_| connect_error(format!("no answer within {RPC_TIMEOUT:?}")))?
+        .map_err(|e| connect_error(e.to_string()))?;
+        let channel = connection.create_channel().await?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let reply_queue = queue.name().to_string();
+        let replies = channel
+            .basic_consume(
+                reply_queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Self {
+            connection,
+            channel,
+            replies,
+            reply_queue,
+            operator,
+            master_key: sasl.seen_broker(),
+        })
+    }
+
+    /// Sends `body` and waits for the answer.
+    pub async fn call(&mut self, body: RequestBody) -> Result<ResponseBody, ClientError> {
+        let request = Request::new(body);
+        let bytes = Envelope::seal(domain::RPC, &self.operator.key, &self.operator.id, &request);
+        let correlation_id = uuid::Uuid::now_v7().to_string();
+        self.channel
+            .basic_publish(
+                "".into(),
+                MASTER_RPC_QUEUE.into(),
+                BasicPublishOptions::default(),
+                &bytes,
+                BasicProperties::default()
+                    .with_reply_to(self.reply_queue.as_str().into())
+                    .with_correlation_id(correlation_id.as_str().into()),
+            )
+            .await?;
+        let deadline = tokio::time::Instant::now() + RPC_TIMEOUT;
+        loop {
+            let delivery = tokio::time::timeout_at(deadline, self.replies.next())
+                .await
+                .map_err(|_| ClientError::Timeout(RPC_TIMEOUT))?
+                .ok_or_else(|| ClientError::BadAnswer("the reply queue was closed".into()))??;
+            let matches = delivery
+                .properties
+                .correlation_id()
+                .as_ref()
+                .is_some_and(|id| id.as_str() == correlation_id);
+            if !matches {
+                continue;
+            }
+            let response = self.open(&delivery.data)?;
+            if let ResponseBody::Error(reason) = &response.body
+                && response.nonce == [0; 16]
+            {
+                return Ok(ResponseBody::Error(reason.clone()));
+            }
+            if response.nonce != request.nonce {
+                return Err(ClientError::BadAnswer(
+                    "the answer is for another request".into(),
+                ));
+            }
+            return Ok(response.body);
+        }
+    }
+
+    fn open(&self, bytes: &[u8]) -> Result<Response, ClientError> {
+        let envelope =
+            Envelope::decode(bytes).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
+        let key = match self.master_key {
+            Some(key) => key,
+            None => envelope
+                .claimed_key()
+                .map_err(|e| ClientError::BadAnswer(e.to_string()))?,
+        };
+        envelope
+            .open(domain::RPC, &key)
+            .map_err(|e| ClientError::BadAnswer(e.to_string()))
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(self) {
+        let _ = self.connection.close(200, "bye".into()).await;
+    }
+}

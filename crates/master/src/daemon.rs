@@ -1,0 +1,234 @@
+//! `dispatch master`: the daemon.
+//!
+//! Start-up: load (or create) the master and local operator keys, open the key registry,
+//! start the embedded broker with the registry as its gatekeeper (unless `--broker`
+//! names an external one), connect to the broker with the master key, declare the
+//! topology and every accepted minion's queue, then serve three loops until SIGTERM:
+//! RPC requests, minion replies, and queue declarations for keys auto-accepted during a
+//! login. Shutdown closes the AMQP connection, then the broker (320 to its clients).
+
+use crate::authority::{Accepted, RegistryAuthority, SharedRegistry};
+use crate::layout::{DataDir, LOCAL_OPERATOR_ID, MASTER_ID};
+use crate::registry::{AutoAccept, Registry};
+use crate::rpc::RpcServer;
+use crate::{results, topology};
+use anyhow::Context;
+use dispatch_broker::{Broker, BrokerConfig, User};
+use dispatch_common::keys::KeyPair;
+use dispatch_common::names::{MASTER_RPC_QUEUE, RESULTS_QUEUE};
+use dispatch_common::rpc::Role;
+use dispatch_common::sasl::SaslClient;
+use futures_lite::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Consumer};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Deliveries the master takes from each of its queues at once.
+const PREFETCH: u16 = 64;
+
+/// What `dispatch master` was told.
+#[derive(Debug, Clone)]
+pub struct MasterConfig {
+    pub listen: SocketAddr,
+    pub data_dir: DataDir,
+    /// An external broker (RabbitMQ) instead of the embedded one.
+    pub broker_url: Option<String>,
+    pub auto_accept: AutoAccept,
+    /// PLAIN/AMQPLAIN users of the embedded broker, for standard AMQP clients.
+    pub plain_users: Vec<User>,
+}
+
+/// Runs the master until `shutdown` completes.
+pub async fn run(config: MasterConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let dir = &config.data_dir;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir.root())
+        .with_context(|| format!("creating the data dir {}", dir.root().display()))?;
+    let master = KeyPair::load_or_create(&dir.master_key())?;
+    let operator = KeyPair::load_or_create(&dir.operator_key())?;
+    let mut registry = Registry::open(&dir.keys(), config.auto_accept.clone())?;
+    registry.ensure_accepted(LOCAL_OPERATOR_ID, Role::Operator, &operator.public())?;
+    let registry = SharedRegistry::new(registry);
+    let fingerprint = master.public().fingerprint();
+    tracing::info!(%fingerprint, "master key");
+    println!("master fingerprint {fingerprint}");
+
+    let stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let accepted = Arc::new(Accepted::default());
+    let url = match &config.broker_url {
+        Some(url) => url.clone(),
+        None => {
+            let broker_config = BrokerConfig {
+                users: config.plain_users.clone(),
+                data_dir: Some(dir.broker()),
+                key_authority: Some(Arc::new(RegistryAuthority {
+                    master_key: master.public(),
+                    registry: registry.clone(),
+                    accepted: accepted.clone(),
+                })),
+                ..BrokerConfig::default()
+            };
+            let broker = Broker::open(broker_config).context("opening the broker's store")?;
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.listen))?;
+            let addr = listener.local_addr()?;
+            let broker_stop = stop.clone();
+            tasks.spawn(dispatch_broker::serve(
+                listener,
+                Arc::new(broker),
+                async move { broker_stop.cancelled().await },
+            ));
+            let local = if addr.ip().is_unspecified() {
+                SocketAddr::from(([127, 0, 0, 1], addr.port()))
+            } else {
+                addr
+            };
+            format!("amqp://{local}/%2f")
+        }
+    };
+    let served = serve(&url, &master, &registry, &accepted, &tasks, shutdown).await;
+    stop.cancel();
+    tasks.close();
+    tasks.wait().await;
+    served
+}
+
+/// Connects to the broker, declares the topology, prints the ready line and serves
+/// until `shutdown`.
+async fn serve(
+    url: &str,
+    master: &KeyPair,
+    registry: &SharedRegistry,
+    accepted: &Arc<Accepted>,
+    tasks: &TaskTracker,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let sasl = SaslClient::new(master.clone(), MASTER_ID, Role::Operator, &[]);
+    let connection = dispatch_common::client::connect(url, sasl, MASTER_ID)
+        .await
+        .with_context(|| format!("connecting to the broker at {url}"))?;
+    let channel = connection.create_channel().await?;
+    topology::declare_master(&channel).await?;
+    let minions = registry.lock().accepted_with_role(Role::Minion);
+    for minion in minions {
+        topology::declare_minion(&channel, &minion).await?;
+    }
+    let rpc = consume(&connection, MASTER_RPC_QUEUE).await?;
+    let replies = consume(&connection, RESULTS_QUEUE).await?;
+    let addr = url.trim_start_matches("amqp://").trim_end_matches("/%2f");
+    tracing::info!(
+        "dispatch master {} ready on {addr}",
+        dispatch_common::VERSION
+    );
+    println!("{}{addr}", dispatch_common::READY_LINE_PREFIX);
+
+    let loops = CancellationToken::new();
+    let server = Arc::new(RpcServer {
+        master: master.clone(),
+        registry: registry.clone(),
+        seen: Default::default(),
+        channel: rpc.0.clone(),
+    });
+    tasks.spawn(consume_loop("rpc", rpc.1, loops.clone(), move |delivery| {
+        let server = server.clone();
+        async move { server.handle(delivery).await }
+    }));
+    let (replies_channel, registry_) = (replies.0.clone(), registry.clone());
+    tasks.spawn(consume_loop(
+        "results",
+        replies.1,
+        loops.clone(),
+        move |delivery| {
+            let (channel, registry) = (replies_channel.clone(), registry_.clone());
+            async move { results::handle(delivery, &registry, &channel).await }
+        },
+    ));
+    tasks.spawn(declare_loop(
+        channel.clone(),
+        accepted.clone(),
+        loops.clone(),
+    ));
+
+    tokio::select! {
+        () = shutdown => tracing::info!("shutting down"),
+        () = loops.cancelled() => tracing::error!("lost the broker connection"),
+    }
+    loops.cancel();
+    let _ = connection.close(200, "master shutting down".into()).await;
+    Ok(())
+}
+
+/// A channel with a prefetch and a consumer on `queue`.
+async fn consume(
+    connection: &lapin::Connection,
+    queue: &str,
+) -> lapin::Result<(Channel, Consumer)> {
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            format!("master.{queue}").into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((channel, consumer))
+}
+
+/// Hands every delivery of `consumer` to `handle` until `stop`, the consumer ends or a
+/// handler fails; a failure cancels `stop` for the whole daemon.
+async fn consume_loop<F, Fut>(
+    what: &str,
+    mut consumer: Consumer,
+    stop: CancellationToken,
+    handle: F,
+) where
+    F: Fn(lapin::message::Delivery) -> Fut,
+    Fut: Future<Output = lapin::Result<()>>,
+{
+    loop {
+        let delivery = tokio::select! {
+            () = stop.cancelled() => return,
+            next = consumer.next() => next,
+        };
+        let outcome = match delivery {
+            Some(Ok(delivery)) => handle(delivery).await,
+            Some(Err(e)) => Err(e),
+            None => break,
+        };
+        if let Err(e) = outcome {
+            tracing::error!("{what}: {e}");
+            break;
+        }
+    }
+    stop.cancel();
+}
+
+async fn declare_loop(channel: Channel, accepted: Arc<Accepted>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = accepted.notify.notified() => {}
+        }
+        for record in accepted.take() {
+            if let Err(e) = topology::declare_minion(&channel, &record).await {
+                tracing::error!(id = %record.id, "declaring the queue of an accepted key: {e}");
+                stop.cancel();
+                return;
+            }
+        }
+    }
+}

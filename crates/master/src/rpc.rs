@@ -1,0 +1,273 @@
+//! The master's request/response API, served on [`MASTER_RPC_QUEUE`].
+//!
+//! Every request is checked before it is read: its envelope must be signed by an
+//! accepted operator key under the RPC domain, it must not have expired (nor claim a
+//! lifetime longer than a request can have), and its nonce must be new: nonces are
+//! remembered until their request expires, so a captured request cannot be replayed.
+//! The answer is signed by the master and goes to the caller's `reply_to` queue with
+//! its `correlation_id`.
+
+use crate::authority::SharedRegistry;
+use crate::layout::MASTER_ID;
+use crate::topology;
+use dispatch_common::envelope::{Envelope, domain};
+use dispatch_common::keys::KeyPair;
+use dispatch_common::message::now_ms;
+use dispatch_common::rpc::{REQUEST_LIFETIME, Request, RequestBody, Response, ResponseBody, Role};
+use lapin::options::{BasicAckOptions, BasicPublishOptions};
+use lapin::{BasicProperties, Channel, message::Delivery};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Clock difference tolerated between an operator's host and the master.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// Nonces remembered at most; beyond, requests are refused until old ones expire.
+pub const MAX_REMEMBERED_NONCES: usize = 1_000_000;
+
+/// The nonces of requests that have not expired yet.
+#[derive(Debug, Default)]
+pub struct SeenNonces(HashMap<[u8; 16], u64>);
+
+impl SeenNonces {
+    /// Records `nonce` (valid until `expires_at_ms`); false if it was already seen.
+    fn insert(&mut self, nonce: [u8; 16], expires_at_ms: u64, now: u64) -> Result<(), String> {
+        if self.0.len() >= MAX_REMEMBERED_NONCES {
+            self.0.retain(|_, expiry| *expiry >= now);
+            if self.0.len() >= MAX_REMEMBERED_NONCES {
+                return Err("the master is handling too many requests; try again".into());
+            }
+        }
+        match self.0.insert(nonce, expires_at_ms) {
+            None => Ok(()),
+            Some(_) => Err("request refused: it was already used (replayed request)".into()),
+        }
+    }
+}
+
+/// Checks a request envelope: an accepted operator's signature, the expiry window, a new
+/// nonce. Returns the operator's id and the request.
+pub fn verify_request(
+    bytes: &[u8],
+    registry: &SharedRegistry,
+    seen: &Mutex<SeenNonces>,
+    now: u64,
+) -> Result<(String, Request), String> {
+    let envelope = Envelope::decode(bytes).map_err(|e| e.to_string())?;
+    let key = {
+        let registry = registry.lock();
+        let operator = registry
+            .accepted(&envelope.signer)
+            .filter(|record| record.role == Role::Operator)
+            .ok_or_else(|| {
+                format!(
+                    "request refused: '{}' is not an accepted operator; on the master, run \
+                     `dispatch key accept {}` after comparing fingerprints",
+                    envelope.signer, envelope.signer
+                )
+            })?;
+        operator
+            .public_key()
+            .ok_or("request refused: the operator's key on record is unreadable")?
+    };
+    let request: Request = envelope
+        .open(domain::RPC, &key)
+        .map_err(|e| format!("request refused: {e}"))?;
+    let latest = now + (REQUEST_LIFETIME + CLOCK_SKEW).as_millis() as u64;
+    if request.expires_at_ms < now {
+        return Err("request refused: it has expired (check the clocks of both hosts)".into());
+    }
+    if request.expires_at_ms > latest {
+        return Err("request refused: it claims to expire too far in the future".into());
+    }
+    seen.lock().unwrap_or_else(|e| e.into_inner()).insert(
+        request.nonce,
+        request.expires_at_ms,
+        now,
+    )?;
+    Ok((envelope.signer, request))
+}
+
+/// Serves RPC requests: verification, then the handler, then the signed answer.
+pub struct RpcServer {
+    pub master: KeyPair,
+    pub registry: SharedRegistry,
+    pub seen: Mutex<SeenNonces>,
+    pub channel: Channel,
+}
+
+impl RpcServer {
+    /// Handles one delivery from the RPC queue and acks it.
+    pub async fn handle(&self, delivery: Delivery) -> lapin::Result<()> {
+        let reply_to = delivery.properties.reply_to().clone();
+        let correlation_id = delivery.properties.correlation_id().clone();
+        let (nonce, body) =
+            match verify_request(&delivery.data, &self.registry, &self.seen, now_ms()) {
+                Ok((operator, request)) => {
+                    tracing::info!(%operator, request = ?request.body, "rpc");
+                    (request.nonce, self.answer(request.body).await)
+                }
+                Err(reason) => {
+                    tracing::warn!("{reason}");
+                    ([0; 16], ResponseBody::Error(reason))
+                }
+            };
+        if let Some(reply_to) = reply_to {
+            let response = Envelope::seal(
+                domain::RPC,
+                &self.master,
+                MASTER_ID,
+                &Response { nonce, body },
+            );
+            let mut properties = BasicProperties::default();
+            if let Some(id) = correlation_id {
+                properties = properties.with_correlation_id(id);
+            }
+            self.channel
+                .basic_publish(
+                    "".into(),
+                    reply_to.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &response,
+                    properties,
+                )
+                .await?;
+        }
+        self.channel
+            .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
+            .await
+    }
+
+    async fn answer(&self, body: RequestBody) -> ResponseBody {
+        match body {
+            RequestBody::ListKeys => ResponseBody::Keys(self.registry.lock().list()),
+            RequestBody::AcceptKeys { ids, all } => {
+                let accepted = self.registry.lock().accept(&ids, all);
+                match accepted {
+                    Ok(records) => {
+                        let mut done = Vec::new();
+                        for record in records {
+                            if let Err(e) = topology::declare_minion(&self.channel, &record).await {
+                                return ResponseBody::Error(format!(
+                                    "accepted '{}' but could not declare its queue: {e}",
+                                    record.id
+                                ));
+                            }
+                            done.push(format!(
+                                "accepted {} {} ({})",
+                                role_name(record.role),
+                                record.id,
+                                record.fingerprint
+                            ));
+                        }
+                        if done.is_empty() {
+                            done.push("no pending keys".into());
+                        }
+                        ResponseBody::Done(done)
+                    }
+                    Err(e) => ResponseBody::Error(e.to_string()),
+                }
+            }
+            RequestBody::RejectKey { id } => {
+                let rejected = self.registry.lock().reject(&id);
+                match rejected {
+                    Ok(record) => {
+                        self.forget_queue(&id).await;
+                        ResponseBody::Done(vec![format!(
+                            "rejected {} ({})",
+                            id, record.fingerprint
+                        )])
+                    }
+                    Err(e) => ResponseBody::Error(e.to_string()),
+                }
+            }
+            RequestBody::DeleteKey { id } => {
+                let deleted = self.registry.lock().delete(&id);
+                match deleted {
+                    Ok(_) => {
+                        self.forget_queue(&id).await;
+                        ResponseBody::Done(vec![format!("deleted every key of {id}")])
+                    }
+                    Err(e) => ResponseBody::Error(e.to_string()),
+                }
+            }
+        }
+    }
+
+    async fn forget_queue(&self, id: &str) {
+        if let Err(e) = topology::delete_minion(&self.channel, id).await {
+            tracing::warn!(%id, "could not delete the minion's queue: {e}");
+        }
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Minion => "minion",
+        Role::Operator => "operator",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{AutoAccept, Registry};
+
+    fn registry_with(operator: &KeyPair) -> (tempfile::TempDir, SharedRegistry) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = Registry::open(dir.path(), AutoAccept::Off).unwrap();
+        registry
+            .ensure_accepted("operator.local", Role::Operator, &operator.public())
+            .unwrap();
+        (dir, SharedRegistry::new(registry))
+    }
+
+    fn sealed(pair: &KeyPair, signer: &str, request: &Request) -> Vec<u8> {
+        Envelope::seal(domain::RPC, pair, signer, request)
+    }
+
+    #[test]
+    fn an_operator_request_passes_once() {
+        let operator = KeyPair::generate();
+        let (_dir, registry) = registry_with(&operator);
+        let seen = Mutex::default();
+        let bytes = sealed(
+            &operator,
+            "operator.local",
+            &Request::new(RequestBody::ListKeys),
+        );
+        let (who, _) = verify_request(&bytes, &registry, &seen, now_ms()).unwrap();
+        assert_eq!(who, "operator.local");
+        let replay = verify_request(&bytes, &registry, &seen, now_ms()).unwrap_err();
+        assert!(replay.contains("replayed"), "{replay}");
+    }
+
+    #[test]
+    fn strangers_forgeries_and_stale_requests_are_refused() {
+        let operator = KeyPair::generate();
+        let (_dir, registry) = registry_with(&operator);
+        let seen = Mutex::default();
+        let request = Request::new(RequestBody::ListKeys);
+        let stranger = sealed(&KeyPair::generate(), "operator.eve", &request);
+        let err = verify_request(&stranger, &registry, &seen, now_ms()).unwrap_err();
+        assert!(err.contains("dispatch key accept operator.eve"), "{err}");
+        let forged = sealed(&KeyPair::generate(), "operator.local", &request);
+        assert!(verify_request(&forged, &registry, &seen, now_ms()).is_err());
+        let late = now_ms() + 2 * REQUEST_LIFETIME.as_millis() as u64;
+        let bytes = sealed(&operator, "operator.local", &request);
+        let err = verify_request(&bytes, &registry, &seen, late).unwrap_err();
+        assert!(err.contains("expired"), "{err}");
+        let far = Request {
+            expires_at_ms: now_ms() + 3_600_000,
+            ..Request::new(RequestBody::ListKeys)
+        };
+        let err = verify_request(
+            &sealed(&operator, "operator.local", &far),
+            &registry,
+            &seen,
+            now_ms(),
+        );
+        assert!(err.unwrap_err().contains("too far"));
+    }
+}
