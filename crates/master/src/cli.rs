@@ -16,6 +16,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use dispatch_broker::User;
 use dispatch_common::keys::{Fingerprint, KeyPair};
 use dispatch_common::names::check_name;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -106,17 +107,17 @@ fn parse_fingerprint(text: &str) -> Result<Fingerprint, String> {
 /// The whole `dispatch` program.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let default_filter = match cli.command {
+        Command::Master(_) => "info",
+        // The CLI reports failures itself, in one line; lapin's own logs would repeat them.
+        _ => "warn,lapin=off",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                let level = if matches!(cli.command, Command::Master(_)) {
-                    "info"
-                } else {
-                    "warn"
-                };
-                level.into()
-            }),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -28,6 +28,15 @@ pub enum ClientError {
     BadAnswer(String),
 }
 
+/// The broker's own words when it refused the login, else the whole error.
+fn refusal_text(error: &lapin::Error) -> String {
+    let text = error.to_string();
+    match text.split_once("ACCESS_REFUSED - ") {
+        Some((_, reason)) => format!("refused: {reason}"),
+        None => text,
+    }
+}
+
 /// An operator key and the id it signs as.
 #[derive(Debug, Clone)]
 pub struct Operator {
@@ -61,7 +70,7 @@ impl MasterClient {
         )
         .await
         .map_err(|_| connect_error(format!("no answer within {RPC_TIMEOUT:?}")))?
-        .map_err(|e| connect_error(e.to_string()))?;
+        .map_err(|e| connect_error(refusal_text(&e)))?;
         let channel = connection.create_channel().await?;
         let queue = channel
             .queue_declare(
