@@ -1,0 +1,234 @@
+//! Connecting to the master's broker: authentication, the broker-key check, trust on
+//! first use, and the reconnect backoff.
+//!
+//! On the embedded broker the minion logs in with `DISPATCH-ED25519` (its key signs the
+//! broker's nonce); when a master key is pinned, a broker presenting any other key fails
+//! the login before anything is signed, and [`ConnectError::MasterKeyChanged`] stops the
+//! daemon. On an external broker (URL with `user:password`) lapin's PLAIN login is used.
+//! Any other failure (refused login while the key is pending, broker down, …) is
+//! retried forever by the caller, with [`Backoff`] between attempts.
+
+use crate::config::{CONNECT_TIMEOUT, Config, RECONNECT_INITIAL};
+use crate::pin::Trust;
+use dispatch_common::keys::{KeyPair, PublicKey};
+use dispatch_common::rpc::Role;
+use dispatch_common::sasl::{BROKER_KEY_MISMATCH, SaslClient};
+use lapin::auth::AuthProvider;
+use lapin::types::{LongString, ShortString};
+use lapin::{Connection, ConnectionProperties};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Why a connection attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The broker presents another key than the pinned master key: fatal.
+    #[error(
+        "the master key changed: the broker presents key {got}, but the pinned master key is \
+         {expected} (expected {expected}, got {got}); if the master was re-keyed on purpose, \
+         remove {pin} and restart"
+    )]
+    MasterKeyChanged {
+        expected: String,
+        got: String,
+        pin: String,
+    },
+    #[error("cannot connect to {url}: {source}")]
+    Lapin { url: String, source: lapin::Error },
+    #[error("cannot log in to {url}: {reason}")]
+    Auth { url: String, reason: String },
+    #[error("cannot connect to {url}: no answer within {}", humantime::format_duration(*timeout))]
+    TimedOut { url: String, timeout: Duration },
+}
+
+impl ConnectError {
+    /// Whether retrying cannot help.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, ConnectError::MasterKeyChanged { .. })
+    }
+}
+
+/// An open connection, with the key the broker presented (SASL only).
+pub struct Connected {
+    pub connection: Connection,
+    pub broker_key: Option<PublicKey>,
+}
+
+/// Opens one connection as `config.id`. Cancel-safe (nothing is kept on drop).
+pub async fn connect(
+    config: &Config,
+    pair: &KeyPair,
+    trust: &Trust,
+) -> Result<Connected, ConnectError> {
+    let name = format!("dispatch-minion {}", config.id);
+    let properties = ConnectionProperties::default()
+        .with_connection_name(name.into())
+        .with_client_property("product".into(), dispatch_common::PRODUCT.into())
+        .with_client_property("version".into(), dispatch_common::VERSION.into());
+    let url = redact(&config.master);
+    if config.external_broker {
+        let connection = attempt(&config.master, properties, &url).await?;
+        return Ok(Connected {
+            connection,
+            broker_key: None,
+        });
+    }
+    let expected = trust.expected_broker();
+    let sasl = SaslClient::new(pair.clone(), &config.id, Role::Minion, &config.groups)
+        .expect_broker(expected);
+    let (auth, mut auth_failed) = ReportingAuth::new(sasl.clone());
+    let result = tokio::select! {
+        result = attempt(&config.master, properties.with_auth_provider(auth), &url) => result,
+        // lapin logs an auth provider's refusal but does not end the connect: stop here.
+        Ok(()) = auth_failed.changed() => Err(ConnectError::Auth {
+            url: url.clone(),
+            reason: auth_failed.borrow().clone().unwrap_or_default(),
+        }),
+    };
+    let seen = sasl.seen_broker();
+    // A broker key other than the pinned one is the fatal case, whatever the error.
+    let mismatch = match (&result, expected, seen) {
+        (_, Some(expected), Some(got)) if expected != got => Some(got),
+        (Err(e), Some(_), Some(got)) if e.to_string().contains(BROKER_KEY_MISMATCH) => Some(got),
+        _ => None,
+    };
+    if let (Some(got), Some(expected)) = (mismatch, expected) {
+        if let Ok(connected) = &result {
+            let _ = connected.close(403, "master key mismatch".into()).await;
+        }
+        return Err(ConnectError::MasterKeyChanged {
+            expected: expected.fingerprint().to_string(),
+            got: got.fingerprint().to_string(),
+            pin: trust.path().display().to_string(),
+        });
+    }
+    Ok(Connected {
+        connection: result?,
+        broker_key: seen,
+    })
+}
+
+/// The SASL client, reporting its own refusals (e.g. an unexpected broker key) so the
+/// connection attempt can end at once.
+struct ReportingAuth {
+    inner: SaslClient,
+    failed: watch::Sender<Option<String>>,
+}
+
+impl ReportingAuth {
+    fn new(inner: SaslClient) -> (Self, watch::Receiver<Option<String>>) {
+        let (failed, rx) = watch::channel(None);
+        (Self { inner, failed }, rx)
+    }
+}
+
+impl AuthProvider for ReportingAuth {
+    fn mechanism(&self) -> ShortString {
+        self.inner.mechanism()
+    }
+
+    fn auth_starter(&self) -> Result<LongString, String> {
+        self.inner.auth_starter()
+    }
+
+    fn continue_auth(&self, challenge: LongString) -> Result<LongString, String> {
+        let answer = self.inner.continue_auth(challenge);
+        if let Err(reason) = &answer {
+            self.failed.send_replace(Some(reason.clone()));
+        }
+        answer
+    }
+}
+
+async fn attempt(
+    url: &str,
+    properties: ConnectionProperties,
+    shown: &str,
+) -> Result<Connection, ConnectError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties)).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(source)) => Err(ConnectError::Lapin {
+            url: shown.to_owned(),
+            source,
+        }),
+        Err(_) => Err(ConnectError::TimedOut {
+            url: shown.to_owned(),
+            timeout: CONNECT_TIMEOUT,
+        }),
+    }
+}
+
+/// The URL without its password, for logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Exponential backoff with jitter: each delay is drawn between half and all of the
+/// current step; the step starts at [`RECONNECT_INITIAL`] and doubles up to `max`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    step: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(max: Duration) -> Self {
+        Self {
+            step: RECONNECT_INITIAL.min(max),
+            max,
+        }
+    }
+
+    /// The next delay to wait.
+    pub fn next_delay(&mut self) -> Duration {
+        let step = self.step;
+        self.step = (self.step * 2).min(self.max);
+        step.mul_f64(rand::random_range(0.5..=1.0))
+    }
+
+    /// Back to the first step, after a session that went well.
+    pub fn reset(&mut self) {
+        self.step = RECONNECT_INITIAL.min(self.max);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_grows_to_its_cap_with_jitter_and_resets() {
+        let max = Duration::from_secs(10);
+        let mut backoff = Backoff::new(max);
+        let first = backoff.next_delay();
+        assert!(
+            first >= RECONNECT_INITIAL / 2 && first <= RECONNECT_INITIAL,
+            "{first:?}"
+        );
+        let delays: Vec<Duration> = (0..20).map(|_| backoff.next_delay()).collect();
+        assert!(delays.iter().all(|d| *d <= max));
+        assert!(delays.last().unwrap() >= &(max / 2));
+        backoff.reset();
+        assert!(backoff.next_delay() <= RECONNECT_INITIAL);
+    }
+
+    #[test]
+    fn passwords_never_reach_the_logs() {
+        assert_eq!(
+            redact("amqp://minion:s3cret@rabbit:5672/%2f"),
+            "amqp://minion:***@rabbit:5672/%2f"
+        );
+        assert_eq!(redact("amqp://127.0.0.1:5672"), "amqp://127.0.0.1:5672");
+    }
+}

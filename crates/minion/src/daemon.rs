@@ -1,0 +1,544 @@
+//! The minion's life: connect, serve a session, reconnect, shut down.
+//!
+//! [`Minion`] outlives its sessions. It owns the journal, the trusted master key, the
+//! running jobs and the replies not yet sent. Data flows like this:
+//!
+//! 1. A delivery from the session's consumer is checked ([`crate::verify`]). A refused
+//!    command is answered `Refused` (when its job id is known) and acked.
+//! 2. An accepted command waits for a job slot (at most `--concurrency` run at once,
+//!    whatever a broker's prefetch does across reconnects), is written to the journal
+//!    (fsynced), and only then spawned as a job task ([`crate::exec`]).
+//! 3. A job task sends its reply, with the delivery's acker, over a bounded channel to
+//!    whichever session is current; the session publishes it (waiting for the
+//!    confirm), marks the job finished in the journal, then acks the delivery. A reply
+//!    that cannot be sent waits in the outbox for the next session. Jobs run on across
+//!    reconnects; a command redelivered meanwhile finds the journal and is not run again.
+//!
+//! On shutdown the consumer is cancelled, running jobs get [`SHUTDOWN_GRACE`] to finish
+//! (their replies are sent), the rest are killed and reported `Interrupted`, a `down`
+//! presence is published and the connection closed.
+
+use crate::config::{Config, PRESENCE_INTERVAL, SHUTDOWN_GRACE, STABLE_SESSION};
+use crate::connector::{self, Backoff, Connected};
+use crate::exec::{self, Ending};
+use crate::journal::{Journal, JournalError};
+use crate::pin::{PinError, Trust};
+use crate::session::{PresenceKind, Session, SessionError};
+use crate::verify::{self, Checker, MasterKey, Refusal, Verified};
+use dispatch_common::keys::KeyPair;
+use dispatch_common::message::{Command, Outcome, Reply, now_ms};
+use futures_lite::StreamExt;
+use lapin::Acker;
+use lapin::message::Delivery;
+use lapin::options::BasicAckOptions;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+/// Why the minion stopped other than by a signal.
+#[derive(Debug, thiserror::Error)]
+pub enum MinionError {
+    /// The broker presents another key than the pinned master key.
+    #[error("{0}")]
+    MasterKeyChanged(String),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Pin(#[from] PinError),
+}
+
+/// A reply on its way to the master.
+struct Outgoing {
+    reply: Reply,
+    /// The delivery to ack once the reply is with the broker.
+    acker: Option<Acker>,
+    /// Mark the job finished in the journal once the reply is with the broker.
+    finish: bool,
+}
+
+/// How a session ended.
+enum SessionEnd {
+    Shutdown,
+    Failed(String),
+}
+
+/// The minion daemon.
+pub struct Minion {
+    config: Arc<Config>,
+    pair: KeyPair,
+    trust: Trust,
+    journal: Arc<Mutex<Journal>>,
+    jobs: JoinSet<()>,
+    slots: Arc<Semaphore>,
+    replies_tx: mpsc::Sender<Outgoing>,
+    replies_rx: mpsc::Receiver<Outgoing>,
+    outbox: VecDeque<Outgoing>,
+    kill: watch::Sender<bool>,
+}
+
+impl Minion {
+    /// Loads the pin and opens (and compacts) the journal. Jobs the journal shows as
+    /// started but never finished are queued to be reported interrupted.
+    pub fn new(config: Config, pair: KeyPair) -> Result<Self, MinionError> {
+        let trust = Trust::load(&config.pin_path(), config.master_fingerprint)?;
+        let (journal, interrupted) = Journal::open(
+            &config.journal_path(),
+            config.skew.as_millis() as u64,
+            now_ms(),
+        )?;
+        let outbox = interrupted
+            .into_iter()
+            .map(|job_id| {
+                warn!(job = %job_id, "job {job_id} was interrupted when the minion stopped; it will be reported interrupted and not run again");
+                Outgoing {
+                    reply: Reply {
+                        job_id,
+                        minion: config.id.clone(),
+                        outcome: Outcome::Interrupted,
+                    },
+                    acker: None,
+                    finish: true,
+                }
+            })
+            .collect();
+        let concurrency = usize::from(config.concurrency);
+        let (replies_tx, replies_rx) = mpsc::channel(concurrency);
+        Ok(Self {
+            config: Arc::new(config),
+            pair,
+            trust,
+            journal: Arc::new(Mutex::new(journal)),
+            jobs: JoinSet::new(),
+            slots: Arc::new(Semaphore::new(concurrency)),
+            replies_tx,
+            replies_rx,
+            outbox,
+            kill: watch::channel(false).0,
+        })
+    }
+
+    /// Runs until `shutdown` turns true (then returns `Ok`) or the master key changes.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), MinionError> {
+        let mut backoff = Backoff::new(self.config.reconnect_max);
+        let url = connector::redact(&self.config.master);
+        loop {
+            let attempt = tokio::select! {
+                attempt = connector::connect(&self.config, &self.pair, &self.trust) => attempt,
+                () = stopped(&mut shutdown) => break,
+            };
+            let failure = match attempt {
+                Err(e) if e.is_fatal() => {
+                    error!("{e}");
+                    self.drain(None).await;
+                    return Err(MinionError::MasterKeyChanged(e.to_string()));
+                }
+                Err(e) => e.to_string(),
+                Ok(connected) => {
+                    let started = Instant::now();
+                    match self.serve(connected, &url, &mut shutdown).await? {
+                        SessionEnd::Shutdown => return Ok(()),
+                        SessionEnd::Failed(reason) => {
+                            if started.elapsed() >= STABLE_SESSION {
+                                backoff.reset();
+                            }
+                            reason
+                        }
+                    }
+                }
+            };
+            let delay = backoff.next_delay();
+            warn!(
+                "{failure}; retrying in {}",
+                humantime::format_duration(std::time::Duration::from_millis(
+                    delay.as_millis() as u64
+                ))
+            );
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = stopped(&mut shutdown) => break,
+            }
+        }
+        info!("stopping while disconnected from the master");
+        self.drain(None).await;
+        Ok(())
+    }
+
+    /// Pins the master on first use, opens a session and serves it until it fails or
+    /// the minion shuts down.
+    async fn serve(
+        &mut self,
+        connected: Connected,
+        url: &str,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<SessionEnd, MinionError> {
+        if self.trust.master_key().is_none() {
+            let Some(key) = connected.broker_key else {
+                let _ = connected
+                    .connection
+                    .close(200, "no master key".into())
+                    .await;
+                return Ok(SessionEnd::Failed(
+                    "the broker presented no key to pin as the master's".into(),
+                ));
+            };
+            self.trust.pin(key)?;
+        }
+        let mut session = match Session::open(connected.connection, &self.config).await {
+            Ok(session) => session,
+            Err(e) => return Ok(SessionEnd::Failed(e.to_string())),
+        };
+        info!(
+            master = %url,
+            queue = session.queue(),
+            "connected to {url} as {}; consuming {}",
+            self.config.id,
+            session.queue()
+        );
+        match self.consume(&mut session, shutdown).await {
+            Ok(()) => {
+                info!("stopping: no new commands; waiting for running jobs");
+                session.stop_consuming().await;
+                let live = self.drain(Some(&session)).await;
+                if live
+                    && let Err(e) = session
+                        .publish_presence(&self.pair, &self.config, PresenceKind::Down)
+                        .await
+                {
+                    warn!("cannot announce that the minion is going down: {e}");
+                }
+                session.close().await;
+                Ok(SessionEnd::Shutdown)
+            }
+            Err(e) => {
+                session.close().await;
+                Ok(SessionEnd::Failed(format!(
+                    "session with the master ended: {e}"
+                )))
+            }
+        }
+    }
+
+    /// The session's loop. Returns `Ok` on shutdown, the error when the session fails.
+    async fn consume(
+        &mut self,
+        session: &mut Session,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), SessionError> {
+        while let Some(out) = self.outbox.pop_front() {
+            self.send(session, out).await?;
+        }
+        session
+            .publish_presence(&self.pair, &self.config, PresenceKind::Up)
+            .await?;
+        let mut heartbeat = tokio::time::interval_at(
+            tokio::time::Instant::now() + PRESENCE_INTERVAL,
+            PRESENCE_INTERVAL,
+        );
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // An accepted command waiting for a job slot; no delivery is taken meanwhile.
+        let mut waiting: Option<(Verified, Acker)> = None;
+        loop {
+            let slots = self.slots.clone();
+            tokio::select! {
+                biased;
+                () = stopped(shutdown) => return Ok(()),
+                Some(out) = self.replies_rx.recv() => self.send(session, out).await?,
+                Some(joined) = self.jobs.join_next(), if !self.jobs.is_empty() => {
+                    if let Err(e) = joined {
+                        error!("a job task failed: {e}");
+                    }
+                }
+                permit = slots.acquire_owned(), if waiting.is_some() => {
+                    let permit = permit.expect("the job semaphore is never closed");
+                    if let Some((verified, acker)) = waiting.take() {
+                        self.start(session, verified, acker, permit).await?;
+                    }
+                }
+                delivery = session.consumer().next(), if waiting.is_none() => match delivery {
+                    Some(Ok(delivery)) => waiting = self.take(session, delivery).await?,
+                    Some(Err(e)) => return Err(SessionError::Lost(e)),
+                    None => return Err(SessionError::Cancelled(session.queue().to_owned())),
+                },
+                _ = heartbeat.tick() => {
+                    session
+                        .publish_presence(&self.pair, &self.config, PresenceKind::Heartbeat)
+                        .await?;
+                }
+            }
+        }
+    }
+
+    /// Checks a delivery. Returns the command to run, or `None` when it was refused
+    /// (and answered) or dropped.
+    async fn take(
+        &mut self,
+        session: &Session,
+        delivery: Delivery,
+    ) -> Result<Option<(Verified, Acker)>, SessionError> {
+        let Some(master) = self.trust.master_key() else {
+            // Unreachable: a session starts only once a master key is known.
+            error!("no master key to verify commands with; leaving the command queued");
+            return Err(SessionError::Cancelled(session.queue().to_owned()));
+        };
+        let checker = Checker {
+            id: &self.config.id,
+            groups: &self.config.groups,
+            now_ms: now_ms(),
+            skew_ms: self.config.skew.as_millis() as u64,
+        };
+        let verdict = {
+            let journal = lock(&self.journal);
+            verify::verify(&delivery.data, &master, &checker, |job| {
+                journal.contains(job)
+            })
+        };
+        let refusal = match verdict {
+            Ok(verified) => {
+                if matches!(master, MasterKey::Fingerprint(_))
+                    && let Err(e) = self.trust.pin(verified.signer)
+                {
+                    warn!("cannot pin the master key: {e}");
+                }
+                return Ok(Some((verified, delivery.acker)));
+            }
+            Err(refusal) => refusal,
+        };
+        match refusal.job_id() {
+            Some(job_id) if matches!(refusal, Refusal::Replayed { .. }) && delivery.redelivered => {
+                // Our own ack was lost (reconnect, crash): the job was taken, and its
+                // reply (result or "interrupted") is sent on its own.
+                info!(job = %job_id, "job {job_id} redelivered; already taken by this minion, not run again");
+                ack(&delivery.acker).await;
+            }
+            Some(job_id) => {
+                if refusal.is_forgery() {
+                    error!(job = %job_id, "refused command {job_id}: {refusal}");
+                } else {
+                    warn!(job = %job_id, "refused command {job_id}: {refusal}");
+                }
+                let out = Outgoing {
+                    reply: Reply {
+                        job_id,
+                        minion: self.config.id.clone(),
+                        outcome: Outcome::Refused {
+                            reason: refusal.to_string(),
+                        },
+                    },
+                    acker: Some(delivery.acker),
+                    finish: false,
+                };
+                self.send(session, out).await?;
+            }
+            None => {
+                error!("refused a delivery: {refusal}");
+                ack(&delivery.acker).await;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Journals the command (fsync), then spawns its job.
+    async fn start(
+        &mut self,
+        session: &Session,
+        verified: Verified,
+        acker: Acker,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<(), SessionError> {
+        let command = verified.command;
+        let job_id = command.job_id;
+        let journal = self.journal.clone();
+        let expires = command.expires_at_ms;
+        let begun =
+            tokio::task::spawn_blocking(move || lock(&journal).begin(job_id, expires, now_ms()))
+                .await;
+        let reason = match begun {
+            Ok(Ok(true)) => {
+                info!(job = %job_id, "job {job_id}: running {:?}{}", command.exec.argv, if command.exec.shell { " (shell)" } else { "" });
+                let kill = self.kill.subscribe();
+                let tx = self.replies_tx.clone();
+                let id = self.config.id.clone();
+                let max_output = self.config.max_output;
+                self.jobs
+                    .spawn(job(command, id, max_output, kill, tx, acker, permit));
+                return Ok(());
+            }
+            Ok(Ok(false)) => Refusal::Replayed { job_id }.to_string(),
+            Ok(Err(e)) => {
+                error!("cannot write the journal, so job {job_id} is not run: {e}");
+                format!("the minion cannot write its journal: {e}")
+            }
+            Err(e) => format!("the minion cannot write its journal: {e}"),
+        };
+        warn!(job = %job_id, "refused command {job_id}: {reason}");
+        let out = Outgoing {
+            reply: Reply {
+                job_id,
+                minion: self.config.id.clone(),
+                outcome: Outcome::Refused { reason },
+            },
+            acker: Some(acker),
+            finish: false,
+        };
+        self.send(session, out).await
+    }
+
+    /// Publishes a reply, then marks the job finished and acks its delivery. On failure
+    /// the reply goes back to the outbox for the next session.
+    async fn send(&mut self, session: &Session, out: Outgoing) -> Result<(), SessionError> {
+        if let Err(e) = session.publish_reply(&self.pair, &out.reply).await {
+            self.outbox.push_front(out);
+            return Err(e);
+        }
+        let job_id = out.reply.job_id;
+        if out.finish {
+            let journal = self.journal.clone();
+            match tokio::task::spawn_blocking(move || lock(&journal).finish(job_id)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!("cannot mark job {job_id} finished in the journal: {e}"),
+                Err(e) => warn!("cannot mark job {job_id} finished in the journal: {e}"),
+            }
+        }
+        if let Some(acker) = &out.acker {
+            ack(acker).await;
+        }
+        Ok(())
+    }
+
+    /// Lets running jobs finish for [`SHUTDOWN_GRACE`], kills the rest (reported
+    /// interrupted), and sends their replies while `session` works. Returns whether the
+    /// session still works.
+    async fn drain(&mut self, session: Option<&Session>) -> bool {
+        let mut live = session;
+        if !self.jobs.is_empty() {
+            info!(
+                "waiting up to {} for {} running job(s)",
+                humantime::format_duration(SHUTDOWN_GRACE),
+                self.jobs.len()
+            );
+        }
+        let deadline = tokio::time::sleep(SHUTDOWN_GRACE);
+        tokio::pin!(deadline);
+        let mut killed = false;
+        while !self.jobs.is_empty() {
+            tokio::select! {
+                Some(out) = self.replies_rx.recv() => live = self.deliver(live, out).await,
+                Some(joined) = self.jobs.join_next() => {
+                    if let Err(e) = joined {
+                        error!("a job task failed: {e}");
+                    }
+                }
+                () = &mut deadline, if !killed => {
+                    warn!(
+                        "killing {} job(s) still running after {}; they are reported interrupted",
+                        self.jobs.len(),
+                        humantime::format_duration(SHUTDOWN_GRACE)
+                    );
+                    let _ = self.kill.send(true);
+                    killed = true;
+                }
+            }
+        }
+        while let Ok(out) = self.replies_rx.try_recv() {
+            live = self.deliver(live, out).await;
+        }
+        if !self.outbox.is_empty() {
+            warn!(
+                "{} reply(ies) could not be sent; those jobs are reported interrupted at the next start",
+                self.outbox.len()
+            );
+        }
+        live.is_some()
+    }
+
+    async fn deliver<'s>(
+        &mut self,
+        session: Option<&'s Session>,
+        out: Outgoing,
+    ) -> Option<&'s Session> {
+        match session {
+            Some(session) => match self.send(session, out).await {
+                Ok(()) => Some(session),
+                Err(e) => {
+                    warn!("cannot send replies while stopping: {e}");
+                    None
+                }
+            },
+            None => {
+                self.outbox.push_back(out);
+                None
+            }
+        }
+    }
+}
+
+/// One job: run it, then hand its reply to the session. The slot is held until then.
+async fn job(
+    command: Command,
+    minion: String,
+    max_output: usize,
+    mut kill: watch::Receiver<bool>,
+    replies: mpsc::Sender<Outgoing>,
+    acker: Acker,
+    _slot: OwnedSemaphorePermit,
+) {
+    let job_id = command.job_id;
+    let stop = async move {
+        if kill.wait_for(|k| *k).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let (result, ending) = exec::run(&command.exec, max_output, stop).await;
+    let outcome = match ending {
+        Ending::Stopped => {
+            warn!(job = %job_id, "job {job_id}: interrupted (killed at shutdown)");
+            Outcome::Interrupted
+        }
+        Ending::Completed => {
+            info!(
+                job = %job_id,
+                exit_code = ?result.exit_code,
+                signal = ?result.signal,
+                timed_out = result.timed_out,
+                error = ?result.error,
+                duration_ms = result.duration_ms,
+                "job {job_id}: finished"
+            );
+            Outcome::Finished(result)
+        }
+    };
+    let out = Outgoing {
+        reply: Reply {
+            job_id,
+            minion,
+            outcome,
+        },
+        acker: Some(acker),
+        finish: true,
+    };
+    if replies.send(out).await.is_err() {
+        warn!(job = %job_id, "job {job_id}: the minion is gone; its reply is lost");
+    }
+}
+
+async fn ack(acker: &Acker) {
+    if let Err(e) = acker.ack(BasicAckOptions::default()).await {
+        tracing::debug!(
+            "ack failed (the delivery will be redelivered and refused as replayed): {e}"
+        );
+    }
+}
+
+/// Resolves once `shutdown` is true; never if its sender is gone.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn lock(journal: &Mutex<Journal>) -> MutexGuard<'_, Journal> {
+    journal.lock().unwrap_or_else(|e| e.into_inner())
+}

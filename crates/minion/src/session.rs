@@ -1,0 +1,234 @@
+//! One connected session with the master's broker: one channel with publisher
+//! confirms, `basic.qos(prefetch = concurrency)`, a consumer on the minion's own queue
+//! (declared by the master; the minion declares nothing), and the publishes a minion
+//! may make: signed replies to `dispatch.results` and signed presence events.
+//!
+//! Every publish carries `user_id` = the minion id and waits for the broker's confirm,
+//! so a reply counts as sent only once the broker has it. What to do with deliveries
+//! is [`crate::daemon`]'s business.
+
+use crate::config::Config;
+use dispatch_common::envelope::{Envelope, domain};
+use dispatch_common::keys::KeyPair;
+use dispatch_common::message::{Presence, Reply, now_ms};
+use dispatch_common::names;
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, Consumer};
+
+/// Content type of every dispatch message.
+const CONTENT_TYPE: &str = "application/msgpack";
+/// AMQP delivery mode of replies (persistent) and of presence events (transient).
+const PERSISTENT: u8 = 2;
+const TRANSIENT: u8 = 1;
+
+/// Why a session ended or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot open a channel: {0}")]
+    Channel(lapin::Error),
+    #[error(
+        "cannot consume queue {queue}: {source} (the master declares it once the key is \
+         accepted: `dispatch key accept {id}`)"
+    )]
+    Consume {
+        queue: String,
+        id: String,
+        source: lapin::Error,
+    },
+    #[error("cannot publish to {to}: {source}")]
+    Publish { to: String, source: lapin::Error },
+    #[error("the broker refused (nack) a message to {0}")]
+    Nacked(String),
+    #[error("the connection was lost: {0}")]
+    Lost(lapin::Error),
+    #[error("the broker cancelled the consumer of {0}")]
+    Cancelled(String),
+}
+
+/// The presence events of a minion: `minion.<id>.<kind>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceKind {
+    Up,
+    Heartbeat,
+    Down,
+}
+
+impl PresenceKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            PresenceKind::Up => "up",
+            PresenceKind::Heartbeat => "heartbeat",
+            PresenceKind::Down => "down",
+        }
+    }
+}
+
+/// An open session.
+pub struct Session {
+    connection: Connection,
+    channel: Channel,
+    consumer: Consumer,
+    queue: String,
+}
+
+impl Session {
+    /// Opens the channel and starts consuming the minion's queue. On failure the
+    /// connection is closed.
+    pub async fn open(connection: Connection, config: &Config) -> Result<Self, SessionError> {
+        let queue = names::minion_queue(&config.id);
+        match Self::setup(&connection, config, &queue).await {
+            Ok((channel, consumer)) => Ok(Self {
+                connection,
+                channel,
+                consumer,
+                queue,
+            }),
+            Err(e) => {
+                let _ = connection
+                    .close(200, "minion session set-up failed".into())
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn setup(
+        connection: &Connection,
+        config: &Config,
+        queue: &str,
+    ) -> Result<(Channel, Consumer), SessionError> {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(SessionError::Channel)?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(SessionError::Channel)?;
+        channel
+            .basic_qos(config.concurrency, BasicQosOptions::default())
+            .await
+            .map_err(SessionError::Channel)?;
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                format!("dispatch-minion.{}", config.id).into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| SessionError::Consume {
+                queue: queue.to_owned(),
+                id: config.id.clone(),
+                source,
+            })?;
+        Ok((channel, consumer))
+    }
+
+    /// The stream of deliveries (cancel-safe to poll with `next`).
+    pub fn consumer(&mut self) -> &mut Consumer {
+        &mut self.consumer
+    }
+
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// Signs and publishes `reply` to the results queue, waiting for the confirm.
+    pub async fn publish_reply(&self, pair: &KeyPair, reply: &Reply) -> Result<(), SessionError> {
+        let body = Envelope::seal(domain::REPLY, pair, &reply.minion, reply);
+        let properties = BasicProperties::default()
+            .with_user_id(reply.minion.as_str().into())
+            .with_delivery_mode(PERSISTENT)
+            .with_content_type(CONTENT_TYPE.into())
+            .with_correlation_id(reply.job_id.to_string().into());
+        self.publish("", names::RESULTS_QUEUE, &body, properties)
+            .await
+    }
+
+    /// Signs and publishes a presence event.
+    pub async fn publish_presence(
+        &self,
+        pair: &KeyPair,
+        config: &Config,
+        kind: PresenceKind,
+    ) -> Result<(), SessionError> {
+        let presence = Presence {
+            minion: config.id.clone(),
+            groups: config.groups.clone(),
+            version: dispatch_common::VERSION.to_owned(),
+            at_ms: now_ms(),
+            up: kind != PresenceKind::Down,
+        };
+        let body = Envelope::seal(domain::REPLY, pair, &config.id, &presence);
+        let key = format!(
+            "{}{}",
+            names::minion_event_prefix(&config.id),
+            kind.as_str()
+        );
+        let properties = BasicProperties::default()
+            .with_user_id(config.id.as_str().into())
+            .with_delivery_mode(TRANSIENT)
+            .with_content_type(CONTENT_TYPE.into());
+        self.publish(names::EVENTS_EXCHANGE, &key, &body, properties)
+            .await
+    }
+
+    async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), SessionError> {
+        let to = || {
+            if exchange.is_empty() {
+                routing_key.to_owned()
+            } else {
+                format!("{exchange}/{routing_key}")
+            }
+        };
+        let confirm = self
+            .channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .map_err(|source| SessionError::Publish { to: to(), source })?;
+        let confirmation = confirm
+            .await
+            .map_err(|source| SessionError::Publish { to: to(), source })?;
+        if confirmation.is_nack() {
+            return Err(SessionError::Nacked(to()));
+        }
+        Ok(())
+    }
+
+    /// Stops the deliveries (shutdown); deliveries not yet taken go back to the queue
+    /// when the channel closes.
+    pub async fn stop_consuming(&self) {
+        if let Err(e) = self
+            .channel
+            .basic_cancel(self.consumer.tag(), BasicCancelOptions::default())
+            .await
+        {
+            tracing::debug!("cancelling the consumer failed: {e}");
+        }
+    }
+
+    /// Closes the connection.
+    pub async fn close(self) {
+        let _ = self.channel.close(200, "bye".into()).await;
+        if let Err(e) = self.connection.close(200, "minion stopping".into()).await {
+            tracing::debug!("closing the connection failed: {e}");
+        }
+    }
+}
