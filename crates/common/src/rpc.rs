@@ -7,8 +7,11 @@
 //! expire, so no request can be replayed. The response, signed by the master, echoes the
 //! nonce so the caller can tie it to its request.
 
+use crate::message::{Exec, Reply};
+use crate::target::Target;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
+use uuid::Uuid;
 
 /// How long a request stays valid after it is made.
 pub const REQUEST_LIFETIME: Duration = Duration::from_secs(60);
@@ -48,6 +51,61 @@ pub enum RequestBody {
     DeleteKey {
         id: String,
     },
+    /// Run a command on the minions a target names; the master answers with
+    /// [`ResponseBody::Started`], then streams [`ResponseBody::Return`]s and ends with a
+    /// [`ResponseBody::Summary`] (only `Started` when `detach`).
+    Run(RunSpec),
+    /// The accepted minions and whether they are connected.
+    Minions,
+}
+
+/// What `dispatch run` asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub target: Target,
+    pub exec: Exec,
+    /// How long the caller waits for online minions.
+    pub wait_ms: u64,
+    /// How long the command waits in an offline minion's queue.
+    pub ttl_ms: u64,
+    /// Rolling batches: at most this many online minions run it at once.
+    pub batch: Option<Batch>,
+    /// Answer with the job id only (`--async`).
+    pub detach: bool,
+}
+
+/// The size of a rolling batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Batch {
+    Count(u32),
+    /// A percentage (1–100) of the targeted minions, at least one.
+    Percent(u8),
+}
+
+impl Batch {
+    /// Parses `N` or `N%`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || format!("--batch takes N or N% (e.g. 2 or 25%), not '{text}'");
+        match text.strip_suffix('%') {
+            Some(p) => match p.parse::<u8>() {
+                Ok(p @ 1..=100) => Ok(Batch::Percent(p)),
+                _ => Err(bad()),
+            },
+            None => match text.parse::<u32>() {
+                Ok(n @ 1..) => Ok(Batch::Count(n)),
+                _ => Err(bad()),
+            },
+        }
+    }
+
+    /// How many of `targets` minions run at once.
+    pub fn size(self, targets: usize) -> usize {
+        match self {
+            Batch::Count(n) => n as usize,
+            Batch::Percent(p) => (targets * p as usize).div_ceil(100),
+        }
+        .max(1)
+    }
 }
 
 /// The master's answer, signed, with the request's nonce.
@@ -65,6 +123,47 @@ pub enum ResponseBody {
     Done(Vec<String>),
     /// The request was refused or failed; the text says why and what to do.
     Error(String),
+    /// A job was published.
+    Started(JobStarted),
+    /// One minion's verified return, as it arrives.
+    Return(Reply),
+    /// The end of the wait: who returned, who did not.
+    Summary(JobSummary),
+    Minions(Vec<MinionInfo>),
+}
+
+/// The first answer to [`RequestBody::Run`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStarted {
+    pub job_id: Uuid,
+    /// Every minion the target resolved to.
+    pub expected: Vec<String>,
+    /// Those not connected now: the command waits in their queue until the TTL.
+    pub offline: Vec<String>,
+}
+
+/// The last answer to [`RequestBody::Run`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSummary {
+    pub job_id: Uuid,
+    /// Online minions that did not answer before the wait ended.
+    pub timed_out: Vec<String>,
+    /// Offline minions; their command stays queued until the TTL.
+    pub offline: Vec<String>,
+    /// Minions of a rolling batch the command was not yet published to.
+    pub not_started: Vec<String>,
+}
+
+/// One accepted minion, as `dispatch minions` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MinionInfo {
+    pub id: String,
+    pub groups: Vec<String>,
+    /// Consuming its queue now.
+    pub up: bool,
+    /// When it last announced itself (up, heartbeat or down).
+    pub last_seen_ms: Option<u64>,
+    pub version: Option<String>,
 }
 
 /// Whose key it is.
@@ -115,4 +214,21 @@ pub struct KeyInfo {
     pub groups: Vec<String>,
     pub first_seen_ms: u64,
     pub last_seen_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Batch;
+
+    #[test]
+    fn batches_parse_counts_and_percentages() {
+        assert_eq!(Batch::parse("2"), Ok(Batch::Count(2)));
+        assert_eq!(Batch::parse("25%"), Ok(Batch::Percent(25)));
+        for bad in ["0", "0%", "101%", "x", "-1", ""] {
+            assert!(Batch::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Batch::Percent(25).size(10), 3);
+        assert_eq!(Batch::Percent(1).size(3), 1);
+        assert_eq!(Batch::Count(5).size(2), 5);
+    }
 }

@@ -44,6 +44,13 @@ pub struct Operator {
     pub key: KeyPair,
 }
 
+/// A request sent, whose answers are still to come.
+#[derive(Debug, Clone)]
+pub struct Call {
+    nonce: [u8; 16],
+    correlation_id: String,
+}
+
 /// A connection to the master's RPC queue.
 pub struct MasterClient {
     connection: Connection,
@@ -105,8 +112,14 @@ impl MasterClient {
         })
     }
 
-    /// Sends `body` and waits for the answer.
+    /// Sends `body` and waits (up to [`RPC_TIMEOUT`]) for the first answer.
     pub async fn call(&mut self, body: RequestBody) -> Result<ResponseBody, ClientError> {
+        let call = self.send(body).await?;
+        self.answer(&call, RPC_TIMEOUT).await
+    }
+
+    /// Sends `body`; its answers are read with [`answer`](Self::answer).
+    pub async fn send(&mut self, body: RequestBody) -> Result<Call, ClientError> {
         let request = Request::new(body);
         let bytes = Envelope::seal(domain::RPC, &self.operator.key, &self.operator.id, &request);
         let correlation_id = uuid::Uuid::now_v7().to_string();
@@ -121,17 +134,26 @@ impl MasterClient {
                     .with_correlation_id(correlation_id.as_str().into()),
             )
             .await?;
-        let deadline = tokio::time::Instant::now() + RPC_TIMEOUT;
+        Ok(Call {
+            nonce: request.nonce,
+            correlation_id,
+        })
+    }
+
+    /// The next answer to `call`, waiting at most `wait`. Cancel-safe: an answer not yet
+    /// taken stays queued for the next call.
+    pub async fn answer(&mut self, call: &Call, wait: Duration) -> Result<ResponseBody, ClientError> {
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             let delivery = tokio::time::timeout_at(deadline, self.replies.next())
                 .await
-                .map_err(|_| ClientError::Timeout(RPC_TIMEOUT))?
+                .map_err(|_| ClientError::Timeout(wait))?
                 .ok_or_else(|| ClientError::BadAnswer("the reply queue was closed".into()))??;
             let matches = delivery
                 .properties
                 .correlation_id()
                 .as_ref()
-                .is_some_and(|id| id.as_str() == correlation_id);
+                .is_some_and(|id| id.as_str() == call.correlation_id);
             if !matches {
                 continue;
             }
@@ -141,10 +163,8 @@ impl MasterClient {
             {
                 return Ok(ResponseBody::Error(reason.clone()));
             }
-            if response.nonce != request.nonce {
-                return Err(ClientError::BadAnswer(
-                    "the answer is for another request".into(),
-                ));
+            if response.nonce != call.nonce {
+                return Err(ClientError::BadAnswer("the answer is for another request".into()));
             }
             return Ok(response.body);
         }

@@ -41,6 +41,7 @@ pub async fn run(url: &str, operator: Operator, verb: KeyCommand) -> anyhow::Res
             eprintln!("dispatch: {reason}");
             ExitCode::FAILURE
         }
+        other => anyhow::bail!("unexpected answer from the master: {other:?}"),
     })
 }
 

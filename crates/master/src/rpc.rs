@@ -182,6 +182,9 @@ impl RpcServer {
                     Err(e) => ResponseBody::Error(e.to_string()),
                 }
             }
+            RequestBody::Run(_) | RequestBody::Minions => {
+                ResponseBody::Error("not implemented yet".into())
+            }
             RequestBody::DeleteKey { id } => {
                 let deleted = self.registry.lock().delete(&id);
                 match deleted {
