@@ -45,6 +45,17 @@ pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
     }
 }
 
+/// Waits until `check` holds, looking again every few milliseconds: for outcomes with
+/// no event to wait on (a file appears). Bounded by [`STEP_TIMEOUT`].
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    within(what, async {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
 /// Lines a process printed so far, and a wake-up for each new one.
 #[derive(Default)]
 struct Lines {
@@ -58,12 +69,14 @@ impl Lines {
         self.notify.notify_waiters();
     }
 
-    fn find(&self, needle: &str) -> Option<String> {
+    /// The `n`th line (from 1) containing `needle`.
+    fn find(&self, needle: &str, n: usize) -> Option<String> {
         self.lines
             .lock()
             .unwrap()
             .iter()
-            .find(|l| l.contains(needle))
+            .filter(|l| l.contains(needle))
+            .nth(n - 1)
             .cloned()
     }
 }
@@ -107,10 +120,15 @@ impl Daemon {
 
     /// Waits until the process printed a line containing `needle`, and returns it.
     pub async fn wait_for(&self, needle: &str) -> String {
+        self.wait_for_nth(needle, 1).await
+    }
+
+    /// Waits until the process printed `n` lines containing `needle`; returns the last.
+    pub async fn wait_for_nth(&self, needle: &str, n: usize) -> String {
         let found = tokio::time::timeout(STEP_TIMEOUT, async {
             loop {
                 let notified = self.lines.notify.notified();
-                if let Some(line) = self.lines.find(needle) {
+                if let Some(line) = self.lines.find(needle, n) {
                     return line;
                 }
                 notified.await;
@@ -119,7 +137,7 @@ impl Daemon {
         .await;
         found.unwrap_or_else(|_| {
             panic!(
-                "{} did not print {needle:?} within {STEP_TIMEOUT:?}; its output:\n{}",
+                "{} did not print {needle:?} ({n} times) within {STEP_TIMEOUT:?}; its output:\n{}",
                 self.name,
                 self.output()
             )
@@ -128,7 +146,7 @@ impl Daemon {
 
     /// Whether a line containing `needle` was printed so far.
     pub fn printed(&self, needle: &str) -> bool {
-        self.lines.find(needle).is_some()
+        self.lines.find(needle, 1).is_some()
     }
 
     /// Everything printed so far.

@@ -1,8 +1,17 @@
 //! The `dispatch` command line: parse into [`Cli`], then run the master daemon or one
-//! operator verb.
+//! operator verb. Verbs that need checking beyond clap (`run`) turn their arguments into
+//! a validated plan before any I/O.
 //!
-//! Exit codes: 0 success; 1 the master refused or failed the request (the message says
-//! why); 2 usage, key or connection errors.
+//! Exit codes ([`exit`]):
+//! - 0: success;
+//! - 1: the master refused or failed the request (the message says why), or, for
+//!   `dispatch run`, a minion returned non-zero, was killed, could not start the command,
+//!   refused it or was interrupted;
+//! - 2: usage, key or connection errors;
+//! - 3 (`dispatch run`): a target did not return: it timed out, is offline (the command
+//!   waits in its queue until the TTL) or was not started by a rolling batch; the
+//!   summary names them with the job id. This wins over 1;
+//! - 130: Ctrl-C stopped `dispatch run` waiting; the job goes on.
 
 use crate::client::Operator;
 use crate::daemon::MasterConfig;
@@ -16,10 +25,26 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use dispatch_broker::User;
 use dispatch_common::keys::{Fingerprint, KeyPair};
 use dispatch_common::names::check_name;
+use dispatch_common::rpc::Batch;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+/// The exit codes of `dispatch` (see the module doc).
+pub mod exit {
+    /// Everything asked for was done; every target returned success.
+    pub const OK: u8 = 0;
+    /// The master refused the request, or a target returned a failure.
+    pub const FAILED: u8 = 1;
+    /// Usage, key or connection errors.
+    pub const USAGE: u8 = 2;
+    /// A target of `dispatch run` did not return (timed out, offline, not started).
+    pub const DID_NOT_RETURN: u8 = 3;
+    /// Ctrl-C stopped the wait (128 + SIGINT).
+    pub const INTERRUPTED: u8 = 130;
+}
 
 /// Salt-like task dispatch over AMQP: the master daemon and the operator's commands.
 #[derive(Debug, Parser)]
@@ -43,6 +68,94 @@ pub enum Command {
     /// Manage the keys of minions and operators (like salt-key).
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Run a command on the minions a target names and print their returns.
+    #[command(
+        override_usage = "dispatch run [OPTIONS] TARGET CMD [ARGS]...\n       \
+                          dispatch run [OPTIONS] -G NAME CMD [ARGS]...\n       \
+                          dispatch run [OPTIONS] -L ID,ID,... CMD [ARGS]...",
+        after_long_help = RUN_AFTER_HELP
+    )]
+    Run(RunArgs),
+    /// List the accepted minions: groups, up or down, last seen, version.
+    Minions {
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        out: Output,
+    },
+}
+
+const RUN_AFTER_HELP: &str = "\
+Targets:
+  '*'              every accepted minion
+  web.*  db.#      a topic pattern over dotted ids ('*' one segment, '#' any depth)
+  web.01           one minion
+  -G web           every minion of a group (then there is no TARGET)
+  -L a,b,c         these minions (then there is no TARGET)
+
+Everything after CMD is passed to it verbatim; put options before TARGET, and use
+`--` before a CMD that starts with '-'.
+
+Examples:
+  dispatch run 'web.*' uptime
+  dispatch run -G web -- ls -la /tmp
+  dispatch run --shell -L web.01,db.01 'df -h | grep /var'
+  dispatch run --batch 25% --out json '*' systemctl restart app
+
+Exit codes:
+  0    every target returned success
+  1    a target returned non-zero, was killed, could not start the command, refused it
+       or was interrupted (or the master refused the request)
+  2    usage or connection error
+  3    a target did not return: timed out, offline (queued until --ttl) or not started
+       by a rolling batch; `dispatch job JID` shows its returns later
+  130  Ctrl-C: stopped waiting; the job goes on";
+
+/// `dispatch run [OPTIONS] TARGET CMD [ARGS]…` as typed; [`crate::run_cmd::plan`] checks
+/// it and turns it into a request.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Every minion of this group; the first positional is then CMD.
+    #[arg(short = 'G', long, value_name = "NAME", conflicts_with = "list")]
+    pub group: Option<String>,
+    /// These minions, comma-separated; the first positional is then CMD.
+    #[arg(short = 'L', long, value_name = "ID,ID,…")]
+    pub list: Option<String>,
+    /// How long to wait for the online minions' returns.
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// How long the command waits in the queue of an offline minion.
+    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+    /// How long the command may run on a minion before its process group is killed.
+    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub exec_timeout: Duration,
+    /// Run CMD through `/bin/sh -c` (the minion joins CMD and ARGS with spaces).
+    #[arg(long)]
+    pub shell: bool,
+    /// Set an environment variable for the command (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// The working directory of the command on the minions (an absolute path).
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<String>,
+    /// Do not wait: print the job id and exit 0 (`dispatch job JID` shows the returns).
+    #[arg(long = "async")]
+    pub detach: bool,
+    /// Rolling batches: at most N (or N% of the targets) online minions at once.
+    #[arg(long, value_name = "N|N%", value_parser = Batch::parse)]
+    pub batch: Option<Batch>,
+    /// How returns are printed: text as they arrive, JSON lines as they arrive, or a
+    /// YAML list at the end.
+    #[arg(long, value_enum, default_value_t = RunOutput::Text)]
+    pub out: RunOutput,
+    /// TARGET, then CMD and its ARGS (no TARGET with -G or -L).
+    #[arg(
+        value_name = "TARGET CMD [ARGS]",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub words: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -94,6 +207,29 @@ pub enum KeyCommand {
 pub enum Output {
     Text,
     Json,
+}
+
+/// How `dispatch run` prints returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RunOutput {
+    /// Each minion's output under its id as it arrives, then a summary.
+    Text,
+    /// One JSON object per minion and line, as they arrive.
+    Json,
+    /// One YAML list of the same objects, at the end.
+    Yaml,
+}
+
+/// `KEY=VALUE` (the value may hold '=' and be empty).
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() && !text.contains('\0') => {
+            Ok((key.to_owned(), value.to_owned()))
+        }
+        _ => Err(format!(
+            "--env takes KEY=VALUE with a non-empty KEY (e.g. LANG=C), not '{text}'"
+        )),
+    }
 }
 
 fn parse_fingerprint(text: &str) -> Result<Fingerprint, String> {
@@ -156,7 +292,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 auto_accept,
                 plain_users: args.plain_users,
             };
-            crate::daemon::run(config, dispatch_broker::cli::shutdown_signal()).await?;
+            let announce = |ready: &crate::daemon::Ready| {
+                println!("master fingerprint {}", ready.fingerprint);
+                println!("{}{}", dispatch_common::READY_LINE_PREFIX, ready.addr);
+            };
+            crate::daemon::run(config, dispatch_broker::cli::shutdown_signal(), announce).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Key(KeyCommand::Fingerprint) => {
@@ -174,6 +314,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Key(verb) => {
             let operator = operator(&data_dir)?;
             crate::key_cmd::run(&cli.master, operator, verb).await
+        }
+        Command::Run(args) => {
+            // Checked before any I/O: a bad target costs no connection.
+            let plan = crate::run_cmd::plan(args)?;
+            let operator = operator(&data_dir)?;
+            crate::run_cmd::run(&cli.master, operator, plan).await
+        }
+        Command::Minions { out } => {
+            let operator = operator(&data_dir)?;
+            crate::minions_cmd::run(&cli.master, operator, out).await
         }
     }
 }

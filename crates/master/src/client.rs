@@ -142,7 +142,11 @@ impl MasterClient {
 
     /// The next answer to `call`, waiting at most `wait`. Cancel-safe: an answer not yet
     /// taken stays queued for the next call.
-    pub async fn answer(&mut self, call: &Call, wait: Duration) -> Result<ResponseBody, ClientError> {
+    pub async fn answer(
+        &mut self,
+        call: &Call,
+        wait: Duration,
+    ) -> Result<ResponseBody, ClientError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let delivery = tokio::time::timeout_at(deadline, self.replies.next())
@@ -164,7 +168,9 @@ impl MasterClient {
                 return Ok(ResponseBody::Error(reason.clone()));
             }
             if response.nonce != call.nonce {
-                return Err(ClientError::BadAnswer("the answer is for another request".into()));
+                return Err(ClientError::BadAnswer(
+                    "the answer is for another request".into(),
+                ));
             }
             return Ok(response.body);
         }

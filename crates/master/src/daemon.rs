@@ -8,18 +8,21 @@
 //! login. Shutdown closes the AMQP connection, then the broker (320 to its clients).
 
 use crate::authority::{Accepted, RegistryAuthority, SharedRegistry};
+use crate::jobs::Jobs;
 use crate::layout::{DataDir, LOCAL_OPERATOR_ID, MASTER_ID};
+use crate::presence::PresenceBook;
 use crate::registry::{AutoAccept, Registry};
-use crate::rpc::RpcServer;
+use crate::rpc::{Responder, RpcServer};
+use crate::store::JobStore;
 use crate::{results, topology};
 use anyhow::Context;
 use dispatch_broker::{Broker, BrokerConfig, User};
-use dispatch_common::keys::KeyPair;
+use dispatch_common::keys::{Fingerprint, KeyPair};
 use dispatch_common::names::{MASTER_RPC_QUEUE, RESULTS_QUEUE};
 use dispatch_common::rpc::Role;
 use dispatch_common::sasl::SaslClient;
 use futures_lite::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
 use std::future::Future;
@@ -45,7 +48,20 @@ pub struct MasterConfig {
 }
 
 /// Runs the master until `shutdown` completes.
-pub async fn run(config: MasterConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// What a started master tells whoever started it.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// The broker address minions and the CLI use.
+    pub addr: String,
+    pub fingerprint: Fingerprint,
+}
+
+/// Runs the master until `shutdown` completes; `ready` is called once it serves.
+pub async fn run(
+    config: MasterConfig,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(&Ready),
+) -> anyhow::Result<()> {
     let dir = &config.data_dir;
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -59,7 +75,6 @@ pub async fn run(config: MasterConfig, shutdown: impl Future<Output = ()>) -> an
     let registry = SharedRegistry::new(registry);
     let fingerprint = master.public().fingerprint();
     tracing::info!(%fingerprint, "master key");
-    println!("master fingerprint {fingerprint}");
 
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -96,7 +111,10 @@ pub async fn run(config: MasterConfig, shutdown: impl Future<Output = ()>) -> an
             format!("amqp://{local}/%2f")
         }
     };
-    let served = serve(&url, &master, &registry, &accepted, &tasks, shutdown).await;
+    let served = serve(
+        &url, dir, &master, &registry, &accepted, &tasks, shutdown, ready,
+    )
+    .await;
     stop.cancel();
     tasks.close();
     tasks.wait().await;
@@ -105,17 +123,22 @@ pub async fn run(config: MasterConfig, shutdown: impl Future<Output = ()>) -> an
 
 /// Connects to the broker, declares the topology, prints the ready line and serves
 /// until `shutdown`.
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     url: &str,
+    dir: &DataDir,
     master: &KeyPair,
     registry: &SharedRegistry,
     accepted: &Arc<Accepted>,
     tasks: &TaskTracker,
     shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(&Ready),
 ) -> anyhow::Result<()> {
+    let store = Arc::new(JobStore::open(&dir.jobs())?);
     let sasl = SaslClient::new(master.clone(), MASTER_ID, Role::Operator, &[]);
     let connection = dispatch_common::client::connect(url, sasl, MASTER_ID)
         .await
+        .map(Arc::new)
         .with_context(|| format!("connecting to the broker at {url}"))?;
     let channel = connection.create_channel().await?;
     topology::declare_master(&channel).await?;
@@ -125,32 +148,66 @@ async fn serve(
     }
     let rpc = consume(&connection, MASTER_RPC_QUEUE).await?;
     let replies = consume(&connection, RESULTS_QUEUE).await?;
+    let announcements = topology::watch_presence(&connection).await?;
+    let publisher = connection.create_channel().await?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let presence = Arc::new(PresenceBook::default());
+    let jobs = Jobs::new(
+        master.clone(),
+        registry.clone(),
+        store,
+        presence.clone(),
+        Responder {
+            master: master.clone(),
+            channel: connection.create_channel().await?,
+        },
+        publisher,
+        connection.create_channel().await?,
+        connection.clone(),
+    );
     let addr = url.trim_start_matches("amqp://").trim_end_matches("/%2f");
     tracing::info!(
         "dispatch master {} ready on {addr}",
         dispatch_common::VERSION
     );
-    println!("{}{addr}", dispatch_common::READY_LINE_PREFIX);
+    ready(&Ready {
+        addr: addr.to_owned(),
+        fingerprint: master.public().fingerprint(),
+    });
 
     let loops = CancellationToken::new();
     let server = Arc::new(RpcServer {
-        master: master.clone(),
         registry: registry.clone(),
         seen: Default::default(),
         channel: rpc.0.clone(),
+        jobs: jobs.clone(),
     });
     tasks.spawn(consume_loop("rpc", rpc.1, loops.clone(), move |delivery| {
         let server = server.clone();
         async move { server.handle(delivery).await }
     }));
-    let (replies_channel, registry_) = (replies.0.clone(), registry.clone());
+    let (replies_channel, replies_jobs) = (replies.0.clone(), jobs.clone());
     tasks.spawn(consume_loop(
         "results",
         replies.1,
         loops.clone(),
         move |delivery| {
-            let (channel, registry) = (replies_channel.clone(), registry_.clone());
-            async move { results::handle(delivery, &registry, &channel).await }
+            let (channel, jobs) = (replies_channel.clone(), replies_jobs.clone());
+            async move { results::handle(delivery, &jobs, &channel).await }
+        },
+    ));
+    let presence_registry = registry.clone();
+    tasks.spawn(consume_loop(
+        "presence",
+        announcements,
+        loops.clone(),
+        move |delivery| {
+            if let Err(e) = presence.record(&delivery.data, &presence_registry) {
+                tracing::warn!("dropped a presence announcement: {e}");
+            }
+            std::future::ready(Ok(()))
         },
     ));
     tasks.spawn(declare_loop(

@@ -7,9 +7,9 @@
 
 use crate::cli::{KeyCommand, Output};
 use crate::client::{MasterClient, Operator};
+use crate::render;
 use dispatch_common::rpc::{KeyInfo, RequestBody, ResponseBody};
 use std::process::ExitCode;
-use std::time::{Duration, UNIX_EPOCH};
 
 /// Runs one key verb against the master at `url`.
 pub async fn run(url: &str, operator: Operator, verb: KeyCommand) -> anyhow::Result<ExitCode> {
@@ -50,6 +50,20 @@ fn key_table(keys: &[KeyInfo]) -> String {
     if keys.is_empty() {
         return "no keys yet\n".to_owned();
     }
+    let rows: Vec<[String; 7]> = keys
+        .iter()
+        .map(|k| {
+            [
+                k.id.clone(),
+                format!("{:?}", k.role).to_lowercase(),
+                k.state.as_str().to_owned(),
+                k.fingerprint.clone(),
+                render::names(&k.groups),
+                render::time(k.first_seen_ms),
+                render::time(k.last_seen_ms),
+            ]
+        })
+        .collect();
     let header = [
         "ID",
         "ROLE",
@@ -59,45 +73,5 @@ fn key_table(keys: &[KeyInfo]) -> String {
         "FIRST SEEN",
         "LAST SEEN",
     ];
-    let rows: Vec<[String; 7]> = keys
-        .iter()
-        .map(|k| {
-            [
-                k.id.clone(),
-                format!("{:?}", k.role).to_lowercase(),
-                k.state.as_str().to_owned(),
-                k.fingerprint.clone(),
-                if k.groups.is_empty() {
-                    "-".into()
-                } else {
-                    k.groups.join(",")
-                },
-                time(k.first_seen_ms),
-                time(k.last_seen_ms),
-            ]
-        })
-        .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:width$}"))
-            .collect();
-        padded.join("  ").trim_end().to_owned() + "\n"
-    };
-    let mut table = line(header.to_vec());
-    for row in &rows {
-        table += &line(row.iter().map(String::as_str).collect());
-    }
-    table
-}
-
-fn time(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    render::table(header, &rows)
 }

@@ -7,6 +7,7 @@
 //! DIR/operator.key    the local operator's key, accepted from the start: whoever can
 //!                     read DIR is an operator on the master host (as with salt-key)
 //! DIR/keys/…          the key registry (see [`crate::registry`])
+//! DIR/jobs.sqlite     the job store (see [`crate::store`])
 //! DIR/broker/         the embedded broker's store
 //! ```
 
@@ -48,6 +49,10 @@ impl DataDir {
 
     pub fn keys(&self) -> PathBuf {
         self.0.join("keys")
+    }
+
+    pub fn jobs(&self) -> PathBuf {
+        self.0.join("jobs.sqlite")
     }
 
     pub fn broker(&self) -> PathBuf {

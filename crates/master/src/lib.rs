@@ -6,16 +6,26 @@
 //!   embedded broker's gatekeeper;
 //! - [`topology`]: the exchanges and queues the master owns;
 //! - [`rpc`]: the signed request/response API; [`results`]: verifying minion replies;
+//! - [`jobs`]: resolving, publishing and following runs; [`store`]: the SQLite job
+//!   store; [`presence`]: the minions' announcements;
 //! - [`client`]: the CLI's side of the RPC API; [`key_cmd`]: `dispatch key …`;
+//!   [`run_cmd`]: `dispatch run` (plan, submit, render returns); [`minions_cmd`]:
+//!   `dispatch minions`; [`render`]: tables and times for people;
 //! - [`layout`]: the data dir and every default.
 
 pub mod authority;
 pub mod cli;
 pub mod client;
 pub mod daemon;
+pub mod jobs;
 pub mod key_cmd;
 pub mod layout;
+pub mod minions_cmd;
+pub mod presence;
 pub mod registry;
+pub mod render;
 pub mod results;
 pub mod rpc;
+pub mod run_cmd;
+pub mod store;
 pub mod topology;

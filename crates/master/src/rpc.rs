@@ -8,6 +8,7 @@
 //! its `correlation_id`.
 
 use crate::authority::SharedRegistry;
+use crate::jobs::Jobs;
 use crate::layout::MASTER_ID;
 use crate::topology;
 use dispatch_common::envelope::{Envelope, domain};
@@ -15,9 +16,10 @@ use dispatch_common::keys::KeyPair;
 use dispatch_common::message::now_ms;
 use dispatch_common::rpc::{REQUEST_LIFETIME, Request, RequestBody, Response, ResponseBody, Role};
 use lapin::options::{BasicAckOptions, BasicPublishOptions};
+use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, message::Delivery};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Clock difference tolerated between an operator's host and the master.
@@ -89,12 +91,57 @@ pub fn verify_request(
     Ok((envelope.signer, request))
 }
 
+/// Where the answers to one request go: the caller's reply queue, its correlation id,
+/// and the request's nonce (echoed in every answer).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub reply_to: String,
+    pub correlation_id: Option<ShortString>,
+    pub nonce: [u8; 16],
+}
+
+/// Signs answers as the master and publishes them to callers.
+pub struct Responder {
+    pub master: KeyPair,
+    pub channel: Channel,
+}
+
+impl Responder {
+    /// Sends `body` to `caller`. A caller that has gone away (its exclusive queue with
+    /// it) simply misses the answer.
+    pub async fn send(&self, caller: &Caller, body: ResponseBody) {
+        let response = Response {
+            nonce: caller.nonce,
+            body,
+        };
+        let bytes = Envelope::seal(domain::RPC, &self.master, MASTER_ID, &response);
+        let mut properties = BasicProperties::default();
+        if let Some(id) = &caller.correlation_id {
+            properties = properties.with_correlation_id(id.clone());
+        }
+        let published = self
+            .channel
+            .basic_publish(
+                "".into(),
+                caller.reply_to.as_str().into(),
+                BasicPublishOptions::default(),
+                &bytes,
+                properties,
+            )
+            .await;
+        if let Err(e) = published {
+            tracing::warn!("answering {}: {e}", caller.reply_to);
+        }
+    }
+}
+
 /// Serves RPC requests: verification, then the handler, then the signed answer.
 pub struct RpcServer {
-    pub master: KeyPair,
     pub registry: SharedRegistry,
     pub seen: Mutex<SeenNonces>,
+    /// Acks requests and declares queues.
     pub channel: Channel,
+    pub jobs: Arc<Jobs>,
 }
 
 impl RpcServer {
@@ -102,37 +149,36 @@ impl RpcServer {
     pub async fn handle(&self, delivery: Delivery) -> lapin::Result<()> {
         let reply_to = delivery.properties.reply_to().clone();
         let correlation_id = delivery.properties.correlation_id().clone();
-        let (nonce, body) =
-            match verify_request(&delivery.data, &self.registry, &self.seen, now_ms()) {
-                Ok((operator, request)) => {
-                    tracing::info!(%operator, request = ?request.body, "rpc");
-                    (request.nonce, self.answer(request.body).await)
+        let verified = verify_request(&delivery.data, &self.registry, &self.seen, now_ms());
+        let caller = reply_to.map(|reply_to| Caller {
+            reply_to: reply_to.to_string(),
+            correlation_id,
+            nonce: verified.as_ref().map_or([0; 16], |(_, r)| r.nonce),
+        });
+        match (verified, caller) {
+            (Ok((operator, request)), Some(caller)) => {
+                tracing::info!(%operator, request = ?request.body, "rpc");
+                match request.body {
+                    RequestBody::Run(spec) => {
+                        let jobs = self.jobs.clone();
+                        tokio::spawn(async move { jobs.submit(&operator, spec, caller).await });
+                    }
+                    body => {
+                        let answer = self.answer(body).await;
+                        self.jobs.responder.send(&caller, answer).await;
+                    }
                 }
-                Err(reason) => {
-                    tracing::warn!("{reason}");
-                    ([0; 16], ResponseBody::Error(reason))
-                }
-            };
-        if let Some(reply_to) = reply_to {
-            let response = Envelope::seal(
-                domain::RPC,
-                &self.master,
-                MASTER_ID,
-                &Response { nonce, body },
-            );
-            let mut properties = BasicProperties::default();
-            if let Some(id) = correlation_id {
-                properties = properties.with_correlation_id(id);
             }
-            self.channel
-                .basic_publish(
-                    "".into(),
-                    reply_to.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &response,
-                    properties,
-                )
-                .await?;
+            (Ok(_), None) => tracing::warn!("an RPC request without reply_to was dropped"),
+            (Err(reason), caller) => {
+                tracing::warn!("{reason}");
+                if let Some(caller) = caller {
+                    self.jobs
+                        .responder
+                        .send(&caller, ResponseBody::Error(reason))
+                        .await;
+                }
+            }
         }
         self.channel
             .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
@@ -182,9 +228,8 @@ impl RpcServer {
                     Err(e) => ResponseBody::Error(e.to_string()),
                 }
             }
-            RequestBody::Run(_) | RequestBody::Minions => {
-                ResponseBody::Error("not implemented yet".into())
-            }
+            RequestBody::Minions => ResponseBody::Minions(self.jobs.minions().await),
+            RequestBody::Run(_) => unreachable!("runs are handed to the job engine"),
             RequestBody::DeleteKey { id } => {
                 let deleted = self.registry.lock().delete(&id);
                 match deleted {

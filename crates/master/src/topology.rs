@@ -105,6 +105,57 @@ pub async fn declare_minion(channel: &Channel, minion: &KeyRecord) -> lapin::Res
     Ok(())
 }
 
+/// Whether minion `id` is consuming its queue now, i.e. connected. Asks with a passive
+/// declare, which closes `channel` if the queue is missing: use a channel of its own.
+pub async fn is_consuming(channel: &Channel, id: &str) -> lapin::Result<bool> {
+    let queue = channel
+        .queue_declare(
+            minion_queue(id).into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(queue.consumer_count() > 0)
+}
+
+/// A consumer of every presence announcement, on an exclusive queue of the master's.
+pub async fn watch_presence(connection: &lapin::Connection) -> lapin::Result<lapin::Consumer> {
+    let channel = connection.create_channel().await?;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            EVENTS_EXCHANGE.into(),
+            crate::presence::PRESENCE_BINDING.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .basic_consume(
+            queue.name().clone(),
+            "master.presence".into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
 /// Deletes the queue of a minion whose key was rejected or deleted.
 pub async fn delete_minion(channel: &Channel, id: &str) -> lapin::Result<()> {
     channel

@@ -1,0 +1,475 @@
+//! Jobs in flight: resolving a target, publishing the signed command, streaming each
+//! return to the waiting caller, and the summary when the wait ends.
+//!
+//! A run is resolved against the accepted minions; the broker says which of them are
+//! connected (consuming their queue) at that moment. The command is published once —
+//! through the group or `all` binding when it reaches exactly the target, otherwise with
+//! a `BCC` list of minion binding keys (in chunks, so a header never outgrows a frame) —
+//! as a persistent message whose AMQP expiration is the TTL, with publisher confirms.
+//! With `--batch`, offline minions are queued at once and online ones get the command a
+//! batch at a time: each return releases the next.
+//!
+//! Every return is recorded in the [`JobStore`] first (the first return of a minion to
+//! a job wins), then forwarded to the caller while it waits. The wait ends when every
+//! online target has returned or the caller's timeout passes; the caller then gets the
+//! summary, and the job goes on without it: late returns are still recorded.
+
+use crate::authority::SharedRegistry;
+use crate::layout::MASTER_ID;
+use crate::presence::PresenceBook;
+use crate::rpc::{Caller, Responder};
+use crate::store::{JobRecord, JobStore};
+use crate::topology;
+use dispatch_common::envelope::{Envelope, domain};
+use dispatch_common::keys::KeyPair;
+use dispatch_common::message::{Command, Reply, now_ms};
+use dispatch_common::names::{
+    ALL_BINDING, COMMANDS_EXCHANGE, RESULTS_QUEUE, group_binding, minion_binding,
+};
+use dispatch_common::rpc::{JobStarted, JobSummary, MinionInfo, ResponseBody, Role, RunSpec};
+use dispatch_common::target::Target;
+use lapin::options::BasicPublishOptions;
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Connection};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Binding keys per `BCC` header: about 25 KB, well inside the smallest frame a client
+/// may negotiate.
+const BCC_CHUNK: usize = 1000;
+/// Longest wait a caller may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+/// Longest time a command may wait for an offline minion.
+const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Most arguments and environment entries a command may carry, together.
+const MAX_ARGS: usize = 4096;
+
+/// A job whose caller still waits, or whose rolling batch still rolls.
+#[derive(Debug)]
+struct Active {
+    caller: Option<Caller>,
+    /// Online targets whose return the caller still waits for.
+    waiting: BTreeSet<String>,
+    /// Offline targets that have not returned.
+    offline: BTreeSet<String>,
+    /// Rolling batch: online targets not yet sent the command.
+    queue: VecDeque<String>,
+    /// Rolling batch: sent the command, not yet returned.
+    in_flight: BTreeSet<String>,
+    command: Arc<Vec<u8>>,
+    ttl: Duration,
+}
+
+impl Active {
+    fn rolling(&self) -> bool {
+        !self.queue.is_empty() || !self.in_flight.is_empty()
+    }
+}
+
+/// Everything the master needs to run jobs.
+pub struct Jobs {
+    pub master: KeyPair,
+    pub registry: SharedRegistry,
+    pub store: Arc<JobStore>,
+    pub presence: Arc<PresenceBook>,
+    pub responder: Responder,
+    /// Publishes commands, in confirm mode.
+    pub publisher: Channel,
+    /// Asks the broker who is connected; reopened after a failed passive declare.
+    pub probe: tokio::sync::Mutex<Channel>,
+    pub connection: Arc<Connection>,
+    active: Mutex<HashMap<Uuid, Active>>,
+}
+
+/// Why a run could not start; sent to the caller as an error.
+type Refusal = String;
+
+impl Jobs {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        master: KeyPair,
+        registry: SharedRegistry,
+        store: Arc<JobStore>,
+        presence: Arc<PresenceBook>,
+        responder: Responder,
+        publisher: Channel,
+        probe: Channel,
+        connection: Arc<Connection>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            master,
+            registry,
+            store,
+            presence,
+            responder,
+            publisher,
+            probe: tokio::sync::Mutex::new(probe),
+            connection,
+            active: Mutex::default(),
+        })
+    }
+
+    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Active>> {
+        self.active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts a run for `operator`; every answer goes to `caller`.
+    pub async fn submit(self: &Arc<Self>, operator: &str, spec: RunSpec, caller: Caller) {
+        let answer = match self.start(operator, spec, &caller).await {
+            Ok(()) => return,
+            Err(refusal) => ResponseBody::Error(refusal),
+        };
+        self.responder.send(&caller, answer).await;
+    }
+
+    async fn start(
+        self: &Arc<Self>,
+        operator: &str,
+        spec: RunSpec,
+        caller: &Caller,
+    ) -> Result<(), Refusal> {
+        check(&spec)?;
+        let expected = self.resolve(&spec.target);
+        if expected.is_empty() {
+            return Err(format!(
+                "target '{}' matches no accepted minion; `dispatch key list` shows them",
+                spec.target
+            ));
+        }
+        let mut online = Vec::new();
+        let mut offline = BTreeSet::new();
+        for minion in &expected {
+            if self.is_connected(minion).await {
+                online.push(minion.clone());
+            } else {
+                offline.insert(minion.clone());
+            }
+        }
+        let now = now_ms();
+        let ttl = Duration::from_millis(spec.ttl_ms);
+        let command = Command {
+            job_id: Uuid::now_v7(),
+            target: spec.target.clone(),
+            issued_at_ms: now,
+            expires_at_ms: now + spec.ttl_ms,
+            exec: spec.exec.clone(),
+        };
+        let job_id = command.job_id;
+        let record = JobRecord {
+            id: job_id,
+            submitted_by: operator.to_owned(),
+            submitted_at_ms: now,
+            origin: "cli".into(),
+            target: spec.target.clone(),
+            expected: expected.clone(),
+            exec: spec.exec.clone(),
+            wait_ms: spec.wait_ms,
+            ttl_ms: spec.ttl_ms,
+            expires_at_ms: command.expires_at_ms,
+        };
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.insert_job(&record))
+            .await
+            .map_err(|e| format!("recording the job failed: {e}"))?
+            .map_err(|e| {
+                tracing::error!("{e}");
+                "the master cannot record the job; see its log".to_owned()
+            })?;
+        let bytes = Arc::new(Envelope::seal(
+            domain::COMMAND,
+            &self.master,
+            MASTER_ID,
+            &command,
+        ));
+
+        let (now_targets, queue): (Vec<String>, VecDeque<String>) = match spec.batch {
+            None => (expected.clone(), VecDeque::new()),
+            Some(batch) => {
+                let size = batch.size(online.len());
+                let mut queue: VecDeque<String> = online.iter().cloned().collect();
+                let first: Vec<String> = queue.drain(..size.min(queue.len())).collect();
+                (offline.iter().cloned().chain(first).collect(), queue)
+            }
+        };
+        let whole_target = spec.batch.is_none();
+        self.publish(&bytes, ttl, &spec.target, &now_targets, whole_target)
+            .await?;
+        tracing::info!(%job_id, %operator, target = %spec.target, expected = expected.len(), offline = offline.len(), "job published");
+
+        let started = JobStarted {
+            job_id,
+            expected: expected.clone(),
+            offline: offline.iter().cloned().collect(),
+        };
+        self.responder
+            .send(caller, ResponseBody::Started(started))
+            .await;
+        let in_flight = match spec.batch {
+            Some(_) => now_targets
+                .iter()
+                .filter(|m| !offline.contains(*m))
+                .cloned()
+                .collect(),
+            None => BTreeSet::new(),
+        };
+        let active = Active {
+            caller: (!spec.detach).then(|| caller.clone()),
+            waiting: online.iter().cloned().collect(),
+            offline,
+            queue,
+            in_flight,
+            command: bytes,
+            ttl,
+        };
+        let nobody_to_wait_for = active.waiting.is_empty();
+        self.active().insert(job_id, active);
+        if spec.detach || nobody_to_wait_for {
+            self.end_wait(job_id).await;
+        } else {
+            let jobs = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(spec.wait_ms)).await;
+                jobs.end_wait(job_id).await;
+            });
+        }
+        Ok(())
+    }
+
+    /// The accepted minions `target` names, sorted.
+    fn resolve(&self, target: &Target) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .registry
+            .lock()
+            .accepted_with_role(Role::Minion)
+            .into_iter()
+            .filter(|m| target.matches(&m.id, &m.groups))
+            .map(|m| m.id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Whether `id` consumes its queue now; a broker error counts as not connected.
+    async fn is_connected(&self, id: &str) -> bool {
+        let mut probe = self.probe.lock().await;
+        match topology::is_consuming(&probe, id).await {
+            Ok(consuming) => consuming,
+            Err(e) => {
+                tracing::warn!(%id, "cannot ask the broker whether the minion is connected: {e}");
+                if let Ok(channel) = self.connection.create_channel().await {
+                    *probe = channel;
+                }
+                false
+            }
+        }
+    }
+
+    /// Publishes the command to `targets`: by the target's own binding when it reaches
+    /// exactly them (`whole_target`), else by `BCC` lists of their binding keys.
+    async fn publish(
+        &self,
+        bytes: &[u8],
+        ttl: Duration,
+        target: &Target,
+        targets: &[String],
+        whole_target: bool,
+    ) -> Result<(), Refusal> {
+        let properties = || {
+            BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_expiration(ttl.as_millis().to_string().into())
+                .with_reply_to(RESULTS_QUEUE.into())
+        };
+        let by_binding = match target {
+            Target::All if whole_target => Some(ALL_BINDING.to_owned()),
+            Target::Group(g) if whole_target => Some(group_binding(g)),
+            _ => None,
+        };
+        let publishes: Vec<(String, BasicProperties)> = match by_binding {
+            Some(key) => vec![(key, properties())],
+            None => targets
+                .chunks(BCC_CHUNK)
+                .map(|chunk| {
+                    let keys: Vec<AMQPValue> = chunk[1..]
+                        .iter()
+                        .map(|id| AMQPValue::LongString(LongString::from(minion_binding(id))))
+                        .collect();
+                    let mut headers = FieldTable::default();
+                    if !keys.is_empty() {
+                        headers.insert("BCC".into(), AMQPValue::FieldArray(FieldArray::from(keys)));
+                    }
+                    (
+                        minion_binding(&chunk[0]),
+                        properties().with_headers(headers),
+                    )
+                })
+                .collect(),
+        };
+        for (key, props) in publishes {
+            let confirm = self
+                .publisher
+                .basic_publish(
+                    COMMANDS_EXCHANGE.into(),
+                    key.into(),
+                    BasicPublishOptions::default(),
+                    bytes,
+                    props,
+                )
+                .await
+                .map_err(|e| format!("publishing the command failed: {e}"))?;
+            let confirmation = confirm
+                .await
+                .map_err(|e| format!("publishing the command failed: {e}"))?;
+            if confirmation.is_nack() {
+                return Err(
+                    "the broker refused the command: a target minion's queue is full \
+                     (it has been offline for long); `dispatch minions` shows who is down"
+                        .into(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a verified return and passes it on to the waiting caller.
+    pub async fn on_return(self: &Arc<Self>, reply: Reply) {
+        let store = self.store.clone();
+        let recorded = {
+            let reply = reply.clone();
+            tokio::task::spawn_blocking(move || store.insert_return(&reply, now_ms())).await
+        };
+        match recorded {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                tracing::debug!(job = %reply.job_id, minion = %reply.minion, "not a first return of a known job");
+                return;
+            }
+            Ok(Err(e)) => tracing::error!("recording a return: {e}"),
+            Err(e) => tracing::error!("recording a return: {e}"),
+        }
+        let (caller, next, done) = {
+            let mut active = self.active();
+            let Some(job) = active.get_mut(&reply.job_id) else {
+                return;
+            };
+            job.waiting.remove(&reply.minion);
+            job.offline.remove(&reply.minion);
+            let mut next = None;
+            if job.in_flight.remove(&reply.minion) {
+                next = job.queue.pop_front();
+                if let Some(minion) = &next {
+                    job.in_flight.insert(minion.clone());
+                }
+            }
+            let next = next.map(|m| (m, job.command.clone(), job.ttl));
+            let done = job.caller.is_some() && job.waiting.is_empty();
+            if job.caller.is_none() && !job.rolling() {
+                active.remove(&reply.job_id);
+            }
+            (
+                active.get(&reply.job_id).and_then(|j| j.caller.clone()),
+                next,
+                done,
+            )
+        };
+        if let Some((minion, command, ttl)) = next {
+            let target = Target::List(vec![minion.clone()]);
+            if let Err(e) = self.publish(&command, ttl, &target, &[minion], false).await {
+                tracing::error!(job = %reply.job_id, "rolling batch: {e}");
+            }
+        }
+        if let Some(caller) = caller {
+            self.responder
+                .send(&caller, ResponseBody::Return(reply.clone()))
+                .await;
+        }
+        if done {
+            self.end_wait(reply.job_id).await;
+        }
+    }
+
+    /// Ends the caller's wait: sends the summary. A rolling batch goes on without it
+    /// until it ends or its TTL passes.
+    async fn end_wait(self: &Arc<Self>, job_id: Uuid) {
+        let (caller, summary, ttl) = {
+            let mut active = self.active();
+            let Some(job) = active.get_mut(&job_id) else {
+                return;
+            };
+            let caller = job.caller.take();
+            let summary = JobSummary {
+                job_id,
+                timed_out: job
+                    .waiting
+                    .iter()
+                    .filter(|m| !job.queue.contains(m))
+                    .cloned()
+                    .collect(),
+                offline: job.offline.iter().cloned().collect(),
+                not_started: job.queue.iter().cloned().collect(),
+            };
+            let ttl = job.rolling().then_some(job.ttl);
+            if ttl.is_none() {
+                active.remove(&job_id);
+            }
+            (caller, summary, ttl)
+        };
+        if let Some(ttl) = ttl {
+            let jobs = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(ttl).await;
+                jobs.active().remove(&job_id);
+            });
+        }
+        if let Some(caller) = caller {
+            self.responder
+                .send(&caller, ResponseBody::Summary(summary))
+                .await;
+        }
+    }
+
+    /// Every accepted minion, connected or not, with its last announcement.
+    pub async fn minions(&self) -> Vec<MinionInfo> {
+        let mut records = self.registry.lock().accepted_with_role(Role::Minion);
+        records.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut minions = Vec::with_capacity(records.len());
+        for record in records {
+            let last = self.presence.last(&record.id);
+            minions.push(MinionInfo {
+                up: self.is_connected(&record.id).await,
+                last_seen_ms: last.as_ref().map(|p| p.at_ms),
+                version: last.map(|p| p.version),
+                id: record.id,
+                groups: record.groups,
+            });
+        }
+        minions
+    }
+}
+
+/// Bounds on what a run may ask for.
+fn check(spec: &RunSpec) -> Result<(), Refusal> {
+    if spec.exec.argv.is_empty() || spec.exec.argv[0].is_empty() {
+        return Err("no command to run".into());
+    }
+    if spec.exec.argv.len() + spec.exec.env.len() > MAX_ARGS {
+        return Err(format!(
+            "more than {MAX_ARGS} arguments and environment entries"
+        ));
+    }
+    if spec.wait_ms > MAX_WAIT.as_millis() as u64 {
+        return Err(format!(
+            "--timeout is longer than {}",
+            humantime::format_duration(MAX_WAIT)
+        ));
+    }
+    if spec.ttl_ms == 0 || spec.ttl_ms > MAX_TTL.as_millis() as u64 {
+        return Err(format!(
+            "--ttl must be between 1ms and {}",
+            humantime::format_duration(MAX_TTL)
+        ));
+    }
+    Ok(())
+}

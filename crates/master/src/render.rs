@@ -1,0 +1,94 @@
+//! Printing helpers shared by the CLI verbs: aligned tables and times.
+//!
+//! Verbs build their rows as strings and hand them here; nothing in this module does I/O.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+/// `rows` under `header` as an aligned table: columns two spaces apart, each line
+/// trimmed at the end and ending in a newline.
+pub fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; N]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:width$}"))
+            .collect();
+        padded.join("  ").trim_end().to_owned() + "\n"
+    };
+    let mut table = line(header);
+    for row in rows {
+        table += &line(row.each_ref().map(String::as_str));
+    }
+    table
+}
+
+/// A list of names for a table cell: comma-separated, or `-` when empty.
+pub fn names(names: &[String]) -> String {
+    if names.is_empty() {
+        "-".to_owned()
+    } else {
+        names.join(",")
+    }
+}
+
+/// Unix milliseconds as an RFC 3339 time in UTC, to the second.
+pub fn time(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// How long before `now_ms` the time `ms` was, to the second: `12s ago`, `1h 3m ago`;
+/// `just now` under a second (or for a time in the future, from a skewed clock).
+pub fn ago(ms: u64, now_ms: u64) -> String {
+    let secs = now_ms.saturating_sub(ms) / 1000;
+    if secs == 0 {
+        return "just now".to_owned();
+    }
+    format!("{} ago", duration(Duration::from_secs(secs)))
+}
+
+/// A duration as a flag would take it: `30s`, `1h`, `1h 30m`.
+pub fn duration(duration: Duration) -> String {
+    humantime::format_duration(duration).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_columns_align_to_the_widest_cell() {
+        let rows = [
+            ["web.01".to_owned(), "up".to_owned()],
+            ["db.primary.eu".to_owned(), "down".to_owned()],
+        ];
+        assert_eq!(
+            table(["ID", "STATE"], &rows),
+            "ID             STATE\nweb.01         up\ndb.primary.eu  down\n"
+        );
+    }
+
+    #[test]
+    fn empty_name_lists_show_a_dash() {
+        assert_eq!(names(&[]), "-");
+        assert_eq!(names(&["web".into(), "eu".into()]), "web,eu");
+    }
+
+    #[test]
+    fn ages_round_to_the_second() {
+        assert_eq!(ago(1_000, 1_999), "just now");
+        assert_eq!(ago(5_000, 1_000), "just now");
+        assert_eq!(ago(0, 12_500), "12s ago");
+        assert_eq!(ago(0, 3_780_000), "1h 3m ago");
+    }
+
+    #[test]
+    fn times_are_rfc3339_in_utc() {
+        assert_eq!(time(0), "1970-01-01T00:00:00Z");
+    }
+}

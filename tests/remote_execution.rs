@@ -1,0 +1,308 @@
+//! Remote execution end to end (issue 5): `dispatch run` through a real master to real
+//! minion processes — targeting, output, exit codes, timeouts, truncation, offline
+//! minions and TTLs, at-most-once across a minion crash, and a master restart.
+
+mod daemons;
+
+use daemons::{Master, Minion, accepted_minion, eventually, next_return};
+use dispatch_common::message::Outcome;
+use serde_json::Value;
+
+/// A master with web.01, web.02 (group web) and db.01 (group db), all connected.
+async fn cluster() -> (Master, Vec<Minion>) {
+    let master = Master::start(&[]).await;
+    let mut minions = Vec::new();
+    for (id, group) in [("web.01", "web"), ("web.02", "web"), ("db.01", "db")] {
+        minions.push(accepted_minion(&master, id, &["--group", group]).await);
+    }
+    (master, minions)
+}
+
+/// The JSON objects `dispatch run --out json` printed, one per line.
+fn objects(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// The minion ids of `objects`, sorted, with their status.
+fn statuses(objects: &[Value]) -> Vec<(String, String)> {
+    let mut list: Vec<_> = objects
+        .iter()
+        .map(|o| {
+            (
+                o["minion"].as_str().unwrap().to_owned(),
+                o["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    list.sort();
+    list
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn targets_by_pattern_group_list_and_star() {
+    let (master, _minions) = cluster().await;
+    let run = master
+        .cli(&["run", "--out", "json", "web.*", "echo", "hi"])
+        .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let out = objects(&run.stdout);
+    assert_eq!(
+        statuses(&out),
+        pairs(&[("web.01", "succeeded"), ("web.02", "succeeded")])
+    );
+    assert!(out.iter().all(|o| o["stdout"] == "hi\n"));
+
+    let group = master
+        .cli(&["run", "--out", "json", "-G", "db", "true"])
+        .await;
+    assert_eq!(
+        statuses(&objects(&group.stdout)),
+        pairs(&[("db.01", "succeeded")])
+    );
+    let list = master
+        .cli(&["run", "--out", "json", "-L", "web.02,db.01", "true"])
+        .await;
+    assert_eq!(
+        statuses(&objects(&list.stdout)),
+        pairs(&[("db.01", "succeeded"), ("web.02", "succeeded")])
+    );
+    let all = master.cli(&["run", "--out", "json", "*", "true"]).await;
+    assert_eq!(objects(&all.stdout).len(), 3, "{all:?}");
+
+    let none = master.cli(&["run", "mail.*", "true"]).await;
+    assert_ne!(none.code, 0);
+    assert!(
+        none.stderr.contains("matches no accepted minion"),
+        "{none:?}"
+    );
+    let bad = master.cli(&["run", "web/*", "true"]).await;
+    assert_eq!(bad.code, 2, "{bad:?}");
+}
+
+#[tokio::test]
+async fn exit_codes_output_and_text_summary() {
+    let (master, _minions) = cluster().await;
+    let failed = master
+        .cli(&[
+            "run",
+            "--out",
+            "json",
+            "--shell",
+            "web.*",
+            "echo out; echo err >&2; exit 3",
+        ])
+        .await;
+    assert_eq!(failed.code, 1, "{failed:?}");
+    for object in objects(&failed.stdout) {
+        assert_eq!(object["status"], "failed");
+        assert_eq!(object["exit_code"], 3);
+        assert_eq!(
+            (object["stdout"].as_str(), object["stderr"].as_str()),
+            (Some("out\n"), Some("err\n"))
+        );
+    }
+    let text = master.cli(&["run", "db.01", "echo", "plain text"]).await;
+    assert_eq!(text.code, 0, "{text:?}");
+    assert!(
+        text.stdout.contains("db.01") && text.stdout.contains("plain text"),
+        "{text:?}"
+    );
+    let missing = master
+        .cli(&["run", "--out", "json", "db.01", "no-such-command-here"])
+        .await;
+    assert_eq!(missing.code, 1);
+    let object = &objects(&missing.stdout)[0];
+    assert!(
+        object["error"].as_str().unwrap().contains("not found"),
+        "{object}"
+    );
+}
+
+#[tokio::test]
+async fn a_command_past_its_exec_timeout_is_killed_with_its_process_group() {
+    let (master, _minions) = cluster().await;
+    let marker = master.scratch("group").join("survivor");
+    let script = format!("(sleep 2; touch {}) & sleep 30", marker.display());
+    let run = master
+        .cli(&[
+            "run",
+            "--out",
+            "json",
+            "--exec-timeout",
+            "300ms",
+            "--shell",
+            "db.01",
+            &script,
+        ])
+        .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    let object = &objects(&run.stdout)[0];
+    assert_eq!(object["status"], "failed");
+    assert!(object["signal"].is_number(), "{object}");
+    // The background child was in the group: it must not outlive the kill.
+    let later = master.cli(&["run", "db.01", "sleep", "2.5"]).await;
+    assert_eq!(later.code, 0);
+    assert!(!marker.exists(), "a process of the killed group survived");
+}
+
+#[tokio::test]
+async fn output_beyond_the_limit_is_cut_and_marked() {
+    let master = Master::start(&[]).await;
+    let _minion = accepted_minion(&master, "web.09", &["--max-output", "1KiB"]).await;
+    let run = master
+        .cli(&[
+            "run",
+            "--out",
+            "json",
+            "web.09",
+            "head",
+            "-c",
+            "100000",
+            "/dev/zero",
+        ])
+        .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let object = &objects(&run.stdout)[0];
+    assert_eq!(object["stdout_truncated"], true);
+    assert_eq!(object["stdout"].as_str().unwrap().len(), 1024);
+}
+
+#[tokio::test]
+async fn an_offline_minion_gets_its_command_when_it_comes_back() {
+    let (master, mut minions) = cluster().await;
+    minions[2].daemon.terminate().await;
+    let operator = master.operator().await;
+    let mut returns = operator.returns().await;
+    let run = master
+        .cli(&[
+            "run",
+            "--out",
+            "json",
+            "--timeout",
+            "60s",
+            "*",
+            "echo",
+            "back",
+        ])
+        .await;
+    assert_eq!(
+        run.code, 3,
+        "online minions answer, the offline one is queued: {run:?}"
+    );
+    let out = objects(&run.stdout);
+    assert_eq!(
+        statuses(&out),
+        pairs(&[
+            ("db.01", "offline"),
+            ("web.01", "succeeded"),
+            ("web.02", "succeeded")
+        ])
+    );
+    let job = out[0]["job_id"].as_str().unwrap().to_owned();
+    for _ in 0..2 {
+        next_return(&mut returns).await;
+    }
+    minions[2].restart().await;
+    let late = next_return(&mut returns).await;
+    assert_eq!(
+        (late.minion.as_str(), late.job_id.to_string()),
+        ("db.01", job)
+    );
+    assert!(matches!(late.outcome, Outcome::Finished(ref r) if r.stdout == b"back\n"));
+}
+
+#[tokio::test]
+async fn a_command_past_its_ttl_never_runs() {
+    let (master, mut minions) = cluster().await;
+    minions[2].daemon.terminate().await;
+    let marker = master.scratch("ttl").join("ran");
+    let run = master
+        .cli(&[
+            "run",
+            "--ttl",
+            "500ms",
+            "db.01",
+            "touch",
+            marker.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(run.code, 3, "{run:?}");
+    // The TTL is a deadline: let it pass, then bring the minion back.
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    minions[2].restart().await;
+    minions[2].daemon.wait_for("connected").await;
+    let after = master.cli(&["run", "db.01", "true"]).await;
+    assert_eq!(after.code, 0, "{after:?}");
+    assert!(!marker.exists(), "the expired command ran");
+}
+
+#[tokio::test]
+async fn a_minion_killed_mid_job_reports_it_interrupted_and_never_runs_it_again() {
+    let (master, mut minions) = cluster().await;
+    let operator = master.operator().await;
+    let mut returns = operator.returns().await;
+    let counter = master.scratch("mid").join("count");
+    let script = format!("echo run >> {}; sleep 30", counter.display());
+    let started = master
+        .cli(&["run", "--async", "--shell", "web.01", &script])
+        .await;
+    assert_eq!(started.code, 0, "{started:?}");
+    minions[0].daemon.wait_for("running").await;
+    eventually("the job starts", || counter.exists()).await;
+    minions[0].daemon.kill().await;
+    minions[0].restart().await;
+    let reply = next_return(&mut returns).await;
+    assert_eq!(reply.minion, "web.01");
+    assert_eq!(reply.outcome, Outcome::Interrupted);
+    let again = master.cli(&["run", "web.01", "true"]).await;
+    assert_eq!(again.code, 0);
+    assert_eq!(std::fs::read_to_string(&counter).unwrap(), "run\n");
+}
+
+#[tokio::test]
+async fn minions_come_back_by_themselves_after_a_master_restart() {
+    let (mut master, minions) = cluster().await;
+    master.restart().await;
+    for minion in &minions {
+        minion.daemon.wait_for_nth("connected to", 2).await;
+    }
+    let run = master.cli(&["run", "--out", "json", "*", "true"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(objects(&run.stdout).len(), 3);
+}
+
+#[tokio::test]
+async fn async_batch_and_minions() {
+    let (master, _minions) = cluster().await;
+    let started = master.cli(&["run", "--async", "*", "true"]).await;
+    assert_eq!(started.code, 0, "{started:?}");
+    assert!(
+        uuid::Uuid::parse_str(started.stdout.trim()).is_ok(),
+        "{started:?}"
+    );
+
+    let batch = master
+        .cli(&["run", "--out", "json", "--batch", "1", "web.*", "true"])
+        .await;
+    assert_eq!(batch.code, 0, "{batch:?}");
+    assert_eq!(
+        statuses(&objects(&batch.stdout)),
+        pairs(&[("web.01", "succeeded"), ("web.02", "succeeded")])
+    );
+
+    let listed = master.cli_ok(&["minions", "--out", "json"]).await;
+    let listed: Vec<Value> = serde_json::from_str(&listed).unwrap();
+    let ids: Vec<_> = listed.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["db.01", "web.01", "web.02"]);
+    assert!(listed.iter().all(|m| m["up"] == true), "{listed:?}");
+}
