@@ -100,7 +100,7 @@ async fn rejected_and_deleted_keys() {
     let minion = Minion::start(&master, "web.02", &[]).await;
     minion.daemon.wait_for("pending").await;
     master.cli_ok(&["key", "reject", "web.02"]).await;
-    minion.daemon.wait_for("rejected by an operator").await;
+    minion.daemon.wait_for("was rejected").await;
     assert_eq!(master.key_states("web.02").await, ["rejected"]);
     master.cli_ok(&["key", "delete", "web.02"]).await;
     // Deleted: the minion asks again and is pending once more.
@@ -199,8 +199,11 @@ async fn commands_that_fail_verification_are_refused_and_never_run() {
         }
         refusals.insert(reply.job_id, refusal(&reply).to_owned());
     }
+    assert!(
+        !refusals.contains_key(&forged.job_id),
+        "a forged command must not be answered under the job id it claims"
+    );
     for (job, word) in [
-        (&forged, "signed by"),
         (&expired, "expired"),
         (&future, "future"),
         (&elsewhere, "target"),
@@ -215,7 +218,8 @@ async fn commands_that_fail_verification_are_refused_and_never_run() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(ran, ["good"], "only the good command may run");
-    assert!(minion.daemon.printed("tampered") || minion.daemon.printed("bad signature"));
+    minion.daemon.wait_for(&forged.job_id.to_string()).await;
+    minion.daemon.wait_for(&tampered.job_id.to_string()).await;
 }
 
 #[tokio::test]
@@ -413,4 +417,102 @@ async fn an_unknown_operator_key_is_recorded_pending_with_its_role() {
         (eve["state"].as_str(), eve["role"].as_str()),
         (Some("pending"), Some("operator"))
     );
+}
+
+#[tokio::test]
+async fn rejecting_a_connected_minion_cuts_it_off() {
+    let master = Master::start(&[]).await;
+    let minion = accepted_minion(&master, "web.10", &[]).await;
+    master.cli_ok(&["key", "reject", "web.10"]).await;
+    minion.daemon.wait_for("rejected").await;
+    let run = master.cli(&["run", "web.10", "true"]).await;
+    assert_ne!(run.code, 0, "a rejected minion is no target: {run:?}");
+}
+
+#[tokio::test]
+async fn auto_accept_takes_listed_minion_fingerprints_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let listed = KeyPair::load_or_create(&dir.path().join("listed/minion.key")).unwrap();
+    let fingerprint = listed.public().fingerprint().to_string();
+    let master = Master::start(&["--auto-accept-fingerprint", &fingerprint]).await;
+    let auto = Minion::start_in(&master, "web.11", &dir.path().join("listed"), &[]).await;
+    auto.daemon.wait_for("connected").await;
+    let other = Minion::start(&master, "web.12", &[]).await;
+    other.daemon.wait_for("pending").await;
+    assert_eq!(master.key_states("web.11").await, ["accepted"]);
+    assert_eq!(master.key_states("web.12").await, ["pending"]);
+}
+
+#[tokio::test]
+async fn rpc_requests_with_a_bad_signature_or_replayed_are_refused() {
+    use dispatch_common::names::MASTER_RPC_QUEUE;
+    use dispatch_common::rpc::{Request, RequestBody, Response, ResponseBody};
+    use futures_lite::StreamExt;
+    use lapin::options::QueueDeclareOptions;
+
+    let master = Master::start(&[]).await;
+    let operator = master.operator().await;
+    let operator_key = KeyPair::load(&master.data_dir().join("operator.key")).unwrap();
+    let queue = operator
+        .channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut answers = operator
+        .channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let ask = |bytes: Vec<u8>| {
+        let channel = operator.channel.clone();
+        let reply_to = queue.name().clone();
+        async move {
+            channel
+                .basic_publish(
+                    "".into(),
+                    MASTER_RPC_QUEUE.into(),
+                    BasicPublishOptions::default(),
+                    &bytes,
+                    BasicProperties::default().with_reply_to(reply_to),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let mut answer = async || -> ResponseBody {
+        let delivery = within("an answer", answers.next()).await.unwrap().unwrap();
+        let envelope = Envelope::decode(&delivery.data).unwrap();
+        let response: Response = envelope
+            .open(domain::RPC_RESPONSE, &operator.master.public())
+            .expect("answers are signed by the master");
+        response.body
+    };
+
+    let request = Request::new(RequestBody::ListKeys);
+    let forged = Envelope::seal(domain::RPC, &KeyPair::generate(), "operator.local", &request);
+    ask(forged).await;
+    let refused = answer().await;
+    assert!(matches!(&refused, ResponseBody::Error(e) if e.contains("request refused")), "{refused:?}");
+
+    let good = Envelope::seal(domain::RPC, &operator_key, "operator.local", &request);
+    ask(good.clone()).await;
+    assert!(matches!(answer().await, ResponseBody::Keys(_)));
+    ask(good).await;
+    let replayed = answer().await;
+    assert!(matches!(&replayed, ResponseBody::Error(e) if e.contains("replayed")), "{replayed:?}");
 }

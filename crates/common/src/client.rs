@@ -3,9 +3,16 @@
 //! A URL with credentials (`amqp://user:password@host:5672/%2f`, e.g. RabbitMQ) logs in
 //! with PLAIN; one without (`amqp://host:5672`, the embedded broker) logs in with the
 //! process's key through [`SaslClient`].
+//!
+//! lapin 4 logs a refusal of the client's own auth provider (e.g. a broker key other than
+//! the pinned one) but never ends the connect; [`connect`] watches for it and ends the
+//! attempt at once with that refusal as an `AuthProviderError`.
 
 use crate::sasl::SaslClient;
-use lapin::{Connection, ConnectionProperties};
+use lapin::auth::AuthProvider;
+use lapin::types::{LongString, ShortString};
+use lapin::{Connection, ConnectionProperties, ErrorKind};
+use tokio::sync::watch;
 
 /// Whether `url` names a user and password.
 pub fn has_credentials(url: &str) -> bool {
@@ -15,13 +22,54 @@ pub fn has_credentials(url: &str) -> bool {
 }
 
 /// Connects to `url`, with `sasl` unless the URL carries credentials. `name` is the
-/// connection name the broker shows.
+/// connection name the broker shows. Not bounded in time: callers add their timeout.
 pub async fn connect(url: &str, sasl: SaslClient, name: &str) -> lapin::Result<Connection> {
-    let mut properties = ConnectionProperties::default().with_connection_name(name.into());
-    if !has_credentials(url) {
-        properties = properties.with_auth_provider(sasl);
+    let properties = ConnectionProperties::default()
+        .with_connection_name(name.into())
+        .with_client_property("product".into(), crate::PRODUCT.into())
+        .with_client_property("version".into(), crate::VERSION.into());
+    if has_credentials(url) {
+        return Connection::connect(url, properties).await;
     }
-    Connection::connect(url, properties).await
+    let (auth, mut refused) = ReportingAuth::new(sasl);
+    tokio::select! {
+        result = Connection::connect(url, properties.with_auth_provider(auth)) => result,
+        Ok(()) = refused.changed() => {
+            let reason = refused.borrow().clone().unwrap_or_default();
+            Err(ErrorKind::AuthProviderError(reason).into())
+        }
+    }
+}
+
+/// The SASL client, reporting its own refusals so the connect can end at once.
+struct ReportingAuth {
+    inner: SaslClient,
+    refused: watch::Sender<Option<String>>,
+}
+
+impl ReportingAuth {
+    fn new(inner: SaslClient) -> (Self, watch::Receiver<Option<String>>) {
+        let (refused, rx) = watch::channel(None);
+        (Self { inner, refused }, rx)
+    }
+}
+
+impl AuthProvider for ReportingAuth {
+    fn mechanism(&self) -> ShortString {
+        self.inner.mechanism()
+    }
+
+    fn auth_starter(&self) -> Result<LongString, String> {
+        self.inner.auth_starter()
+    }
+
+    fn continue_auth(&self, challenge: LongString) -> Result<LongString, String> {
+        let answer = self.inner.continue_auth(challenge);
+        if let Err(reason) = &answer {
+            self.refused.send_replace(Some(reason.clone()));
+        }
+        answer
+    }
 }
 
 #[cfg(test)]

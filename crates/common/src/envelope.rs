@@ -18,8 +18,12 @@ pub mod domain {
     pub const COMMAND: &str = "dispatch/command/v1";
     /// Replies, minion → master.
     pub const REPLY: &str = "dispatch/reply/v1";
-    /// Requests and responses of the master's RPC API.
+    /// Requests to the master's RPC API, signed by operators.
     pub const RPC: &str = "dispatch/rpc/v1";
+    /// The master's answers to RPC requests.
+    pub const RPC_RESPONSE: &str = "dispatch/rpc-response/v1";
+    /// Minion presence announcements (up, heartbeat, down).
+    pub const PRESENCE: &str = "dispatch/presence/v1";
     /// The SASL proof of a connecting client.
     pub const SASL: &str = "dispatch/sasl/v1";
 }

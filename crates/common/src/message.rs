@@ -90,7 +90,7 @@ impl ExecResult {
 
 /// What a minion announces on [`EVENTS_EXCHANGE`](crate::names::EVENTS_EXCHANGE) when it
 /// comes up and at every heartbeat, signed under
-/// [`domain::REPLY`](crate::envelope::domain::REPLY).
+/// [`domain::PRESENCE`](crate::envelope::domain::PRESENCE).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Presence {
     pub minion: String,

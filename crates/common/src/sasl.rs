@@ -7,7 +7,10 @@
 //! 3. The client answers `connection.secure-ok` with a [`Proof`]: its id, role, groups,
 //!    public key, and a signature under [`domain::SASL`] over the nonce, the broker's
 //!    key and those fields. A nonce serves one handshake only, so a proof cannot be
-//!    replayed, and it names the broker, so it cannot be relayed to another one.
+//!    replayed later, and it names the broker's key, so a broker with another key
+//!    cannot use it. The broker does not prove it holds its key: without TLS, a relay
+//!    that passes the real broker's challenge through is not detected here. Commands
+//!    and replies stay safe regardless, because they are signed end to end.
 //!
 //! [`SaslClient`] is the client half, plugged into lapin as its auth provider.
 

@@ -13,11 +13,11 @@
 //!   summary names them with the job id. This wins over 1;
 //! - 130: Ctrl-C stopped `dispatch run` waiting; the job goes on.
 
-use crate::client::Operator;
+use crate::client::{MasterTrust, Operator};
 use crate::daemon::MasterConfig;
 use crate::layout::{
     DEFAULT_DATA_DIR, DEFAULT_LISTEN, DEFAULT_MASTER_URL, DataDir, LOCAL_OPERATOR_ID,
-    personal_operator_id, personal_operator_key,
+    personal_master_pin, personal_operator_id, personal_operator_key,
 };
 use crate::registry::AutoAccept;
 use anyhow::Context;
@@ -57,6 +57,10 @@ pub struct Cli {
     /// operator key on the master host.
     #[arg(long, global = true, default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
+    /// The master key's fingerprint, when the CLI cannot read the master's data dir or
+    /// learn the key from the embedded broker (required with an external broker).
+    #[arg(long, global = true, value_name = "FP", value_parser = parse_fingerprint)]
+    pub master_fingerprint: Option<Fingerprint>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -300,7 +304,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Key(KeyCommand::Fingerprint) => {
-            let operator = operator(&data_dir)?;
+            let operator = operator(&data_dir, cli.master_fingerprint)?;
             println!(
                 "operator {}: {}",
                 operator.id,
@@ -312,17 +316,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Key(verb) => {
-            let operator = operator(&data_dir)?;
+            let operator = operator(&data_dir, cli.master_fingerprint)?;
             crate::key_cmd::run(&cli.master, operator, verb).await
         }
         Command::Run(args) => {
             // Checked before any I/O: a bad target costs no connection.
             let plan = crate::run_cmd::plan(args)?;
-            let operator = operator(&data_dir)?;
+            let operator = operator(&data_dir, cli.master_fingerprint)?;
             crate::run_cmd::run(&cli.master, operator, plan).await
         }
         Command::Minions { out } => {
-            let operator = operator(&data_dir)?;
+            let operator = operator(&data_dir, cli.master_fingerprint)?;
             crate::minions_cmd::run(&cli.master, operator, out).await
         }
     }
@@ -330,12 +334,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// The operator key the CLI signs with: the local operator key when the master's data
 /// dir is readable (on the master host), else the personal key (created on first use).
-fn operator(data_dir: &DataDir) -> anyhow::Result<Operator> {
+///
+/// The master's key is trusted from, in order: `--master-fingerprint`, the master's data
+/// dir, the personal pin file (written on first use with the embedded broker).
+fn operator(data_dir: &DataDir, fingerprint: Option<Fingerprint>) -> anyhow::Result<Operator> {
     let local = data_dir.operator_key();
+    let master_on_host = KeyPair::load(&data_dir.master_key()).ok().map(|k| k.public());
+    let pin = personal_master_pin()
+        .context("cannot find a home for the operator key: set HOME or XDG_CONFIG_HOME")?;
+    let master = match (fingerprint, master_on_host) {
+        (Some(fp), _) => MasterTrust::Fingerprint(fp),
+        (None, Some(key)) => MasterTrust::Key(key),
+        (None, None) => MasterTrust::Pinned(pin),
+    };
     if std::fs::File::open(&local).is_ok() {
         return Ok(Operator {
             id: LOCAL_OPERATOR_ID.to_owned(),
             key: KeyPair::load_or_create(&local)?,
+            master,
         });
     }
     let path = personal_operator_key()
@@ -345,5 +361,6 @@ fn operator(data_dir: &DataDir) -> anyhow::Result<Operator> {
     Ok(Operator {
         id,
         key: KeyPair::load_or_create(&path)?,
+        master,
     })
 }

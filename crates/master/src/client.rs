@@ -2,7 +2,8 @@
 //! wait for the master's signed answers on an exclusive reply queue.
 
 use dispatch_common::envelope::{Envelope, domain};
-use dispatch_common::keys::{KeyPair, PublicKey};
+use dispatch_common::keys::{Fingerprint, KeyPair, PublicKey};
+use std::path::{Path, PathBuf};
 use dispatch_common::names::MASTER_RPC_QUEUE;
 use dispatch_common::rpc::{Request, RequestBody, Response, ResponseBody, Role};
 use dispatch_common::sasl::SaslClient;
@@ -37,11 +38,46 @@ fn refusal_text(error: &lapin::Error) -> String {
     }
 }
 
-/// An operator key and the id it signs as.
+/// The pinned master key at `path`, if the file exists.
+fn read_pin(path: &Path) -> Result<Option<PublicKey>, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => PublicKey::from_hex(&text).map(Some).ok_or_else(|| {
+            format!("{} does not hold a public key; remove it to pin again", path.display())
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("reading {}: {e}", path.display())),
+    }
+}
+
+/// Pins the master key at `path` (trust on first use).
+fn write_pin(path: &Path, key: &PublicKey) -> Result<(), String> {
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(path, key.to_hex() + "\n"));
+    written.map_err(|e| format!("pinning the master key in {}: {e}", path.display()))?;
+    tracing::warn!(fingerprint = %key.fingerprint(), path = %path.display(), "pinned the master key on first use");
+    Ok(())
+}
+
+/// An operator key, the id it signs as, and how it knows the master's key.
 #[derive(Debug, Clone)]
 pub struct Operator {
     pub id: String,
     pub key: KeyPair,
+    pub master: MasterTrust,
+}
+
+/// How the CLI knows which key the master's answers must be signed with.
+#[derive(Debug, Clone)]
+pub enum MasterTrust {
+    /// The key itself (read from the master's data dir on the master host).
+    Key(PublicKey),
+    /// A fingerprint the operator gave (`--master-fingerprint`).
+    Fingerprint(Fingerprint),
+    /// A pin file: read when present; otherwise the embedded broker's key (which is the
+    /// master's) is trusted on first use and written there.
+    Pinned(PathBuf),
 }
 
 /// A request sent, whose answers are still to come.
@@ -58,9 +94,8 @@ pub struct MasterClient {
     replies: Consumer,
     reply_queue: String,
     operator: Operator,
-    /// The key the master's answers must be signed with, when known: the embedded
-    /// broker's key from the login.
-    master_key: Option<PublicKey>,
+    /// The key the master's answers must be signed with.
+    master_key: PublicKey,
 }
 
 impl MasterClient {
@@ -70,7 +105,14 @@ impl MasterClient {
             url: url.to_owned(),
             reason,
         };
-        let sasl = SaslClient::new(operator.key.clone(), &operator.id, Role::Operator, &[]);
+        let pinned = match &operator.master {
+            MasterTrust::Key(key) => Some(*key),
+            MasterTrust::Pinned(path) => read_pin(path).map_err(&connect_error)?,
+            MasterTrust::Fingerprint(_) => None,
+        };
+        let key_login = !dispatch_common::client::has_credentials(url);
+        let sasl = SaslClient::new(operator.key.clone(), &operator.id, Role::Operator, &[])
+            .expect_broker(pinned.filter(|_| key_login));
         let connection = tokio::time::timeout(
             RPC_TIMEOUT,
             dispatch_common::client::connect(url, sasl.clone(), &operator.id),
@@ -102,13 +144,36 @@ impl MasterClient {
                 FieldTable::default(),
             )
             .await?;
+        let master_key = match (&operator.master, pinned, sasl.seen_broker()) {
+            (_, Some(key), _) => key,
+            (MasterTrust::Fingerprint(fp), None, Some(seen)) if seen.fingerprint() == *fp => seen,
+            (MasterTrust::Fingerprint(fp), None, Some(seen)) => {
+                return Err(connect_error(format!(
+                    "the broker's key {} is not the master fingerprint {fp} given",
+                    seen.fingerprint()
+                )));
+            }
+            (MasterTrust::Pinned(path), None, Some(seen)) => {
+                write_pin(path, &seen).map_err(&connect_error)?;
+                seen
+            }
+            (_, None, None) => {
+                return Err(connect_error(
+                    "with an external broker the master's key cannot be learnt from the \
+                     login; give --master-fingerprint (as `dispatch key fingerprint` prints \
+                     it on the master host)"
+                        .into(),
+                ));
+            }
+            (MasterTrust::Key(_), None, Some(_)) => unreachable!("a known key is pinned"),
+        };
         Ok(Self {
             connection,
             channel,
             replies,
             reply_queue,
             operator,
-            master_key: sasl.seen_broker(),
+            master_key,
         })
     }
 
@@ -179,14 +244,8 @@ impl MasterClient {
     fn open(&self, bytes: &[u8]) -> Result<Response, ClientError> {
         let envelope =
             Envelope::decode(bytes).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
-        let key = match self.master_key {
-            Some(key) => key,
-            None => envelope
-                .claimed_key()
-                .map_err(|e| ClientError::BadAnswer(e.to_string()))?,
-        };
         envelope
-            .open(domain::RPC, &key)
+            .open(domain::RPC_RESPONSE, &self.master_key)
             .map_err(|e| ClientError::BadAnswer(e.to_string()))
     }
 

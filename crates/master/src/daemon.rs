@@ -79,8 +79,8 @@ pub async fn run(
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     let accepted = Arc::new(Accepted::default());
-    let url = match &config.broker_url {
-        Some(url) => url.clone(),
+    let (url, broker) = match &config.broker_url {
+        Some(url) => (url.clone(), None),
         None => {
             let broker_config = BrokerConfig {
                 users: config.plain_users.clone(),
@@ -92,7 +92,8 @@ pub async fn run(
                 })),
                 ..BrokerConfig::default()
             };
-            let broker = Broker::open(broker_config).context("opening the broker's store")?;
+            let broker =
+                Arc::new(Broker::open(broker_config).context("opening the broker's store")?);
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -100,7 +101,7 @@ pub async fn run(
             let broker_stop = stop.clone();
             tasks.spawn(dispatch_broker::serve(
                 listener,
-                Arc::new(broker),
+                broker.clone(),
                 async move { broker_stop.cancelled().await },
             ));
             let local = if addr.ip().is_unspecified() {
@@ -108,32 +109,50 @@ pub async fn run(
             } else {
                 addr
             };
-            format!("amqp://{local}/%2f")
+            (format!("amqp://{local}/%2f"), Some(broker))
         }
     };
-    let served = serve(
-        &url, dir, &master, &registry, &accepted, &tasks, shutdown, ready,
-    )
-    .await;
+    let parts = Parts {
+        url,
+        master,
+        registry,
+        accepted,
+        broker,
+    };
+    let served = serve(&parts, dir, &tasks, shutdown, ready).await;
     stop.cancel();
     tasks.close();
     tasks.wait().await;
     served
 }
 
+/// What start-up made, for the serving part.
+struct Parts {
+    /// The broker's URL, for the master's own connection.
+    url: String,
+    master: KeyPair,
+    registry: SharedRegistry,
+    accepted: Arc<Accepted>,
+    /// The embedded broker, when there is one.
+    broker: Option<Arc<Broker>>,
+}
+
 /// Connects to the broker, declares the topology, prints the ready line and serves
 /// until `shutdown`.
-#[allow(clippy::too_many_arguments)]
 async fn serve(
-    url: &str,
+    parts: &Parts,
     dir: &DataDir,
-    master: &KeyPair,
-    registry: &SharedRegistry,
-    accepted: &Arc<Accepted>,
     tasks: &TaskTracker,
     shutdown: impl Future<Output = ()>,
     ready: impl FnOnce(&Ready),
 ) -> anyhow::Result<()> {
+    let Parts {
+        url,
+        master,
+        registry,
+        accepted,
+        broker,
+    } = parts;
     let store = Arc::new(JobStore::open(&dir.jobs())?);
     let sasl = SaslClient::new(master.clone(), MASTER_ID, Role::Operator, &[]);
     let connection = dispatch_common::client::connect(url, sasl, MASTER_ID)
@@ -183,6 +202,7 @@ async fn serve(
         seen: Default::default(),
         channel: rpc.0.clone(),
         jobs: jobs.clone(),
+        broker: broker.clone(),
     });
     tasks.spawn(consume_loop("rpc", rpc.1, loops.clone(), move |delivery| {
         let server = server.clone();

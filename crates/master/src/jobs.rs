@@ -168,15 +168,19 @@ impl Jobs {
             wait_ms: spec.wait_ms,
             ttl_ms: spec.ttl_ms,
             expires_at_ms: command.expires_at_ms,
+            request_nonce: Some(caller.nonce),
         };
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.insert_job(&record))
+        let recorded = tokio::task::spawn_blocking(move || store.insert_job(&record))
             .await
             .map_err(|e| format!("recording the job failed: {e}"))?
             .map_err(|e| {
                 tracing::error!("{e}");
                 "the master cannot record the job; see its log".to_owned()
             })?;
+        if !recorded {
+            return Err("this request was already carried out (it was delivered twice)".into());
+        }
         let bytes = Arc::new(Envelope::seal(
             domain::COMMAND,
             &self.master,

@@ -69,6 +69,11 @@ pub fn personal_operator_key() -> Option<PathBuf> {
     Some(config.join("dispatch").join("operator.key"))
 }
 
+/// Where a personal operator pins the master's key: beside the personal key.
+pub fn personal_master_pin() -> Option<PathBuf> {
+    personal_operator_key().map(|key| key.with_file_name("master.pub"))
+}
+
 /// The id of a personal operator key: `$DISPATCH_OPERATOR_ID`, or `operator.<user>`.
 pub fn personal_operator_id() -> String {
     if let Ok(id) = std::env::var(OPERATOR_ID_VAR) {

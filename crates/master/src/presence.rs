@@ -29,7 +29,7 @@ impl PresenceBook {
             .and_then(|r| r.public_key())
             .ok_or_else(|| format!("presence of '{}', not an accepted minion", envelope.signer))?;
         let presence: Presence = envelope
-            .open(domain::REPLY, &key)
+            .open(domain::PRESENCE, &key)
             .map_err(|e| e.to_string())?;
         if presence.minion != envelope.signer {
             return Err(format!(

@@ -44,6 +44,9 @@ pub struct KeyRecord {
     pub groups: Vec<String>,
     pub first_seen_ms: u64,
     pub last_seen_ms: u64,
+    /// When its state last changed; decides between two files after a crash.
+    #[serde(default)]
+    pub changed_ms: u64,
 }
 
 impl KeyRecord {
@@ -57,6 +60,7 @@ impl KeyRecord {
             groups: groups.to_vec(),
             first_seen_ms: now,
             last_seen_ms: now,
+            changed_ms: now,
         }
     }
 
@@ -134,6 +138,14 @@ impl Registry {
             for record in read_folder(&folder)? {
                 if state == KeyState::Denied {
                     registry.denied.insert(record.id.clone(), record);
+                } else if let Some((older, _)) = registry.records.get(&record.id) {
+                    // A crash between writing a new state and removing the old file
+                    // leaves both: the most recently seen record is the newer one.
+                    let newer = registry.records[&record.id].1.changed_ms <= record.changed_ms;
+                    tracing::warn!(id = %record.id, first = older.as_str(), second = state.as_str(), "key in two states; keeping the newer");
+                    if newer {
+                        registry.records.insert(record.id.clone(), (state, record));
+                    }
                 } else {
                     registry.records.insert(record.id.clone(), (state, record));
                 }
@@ -154,34 +166,57 @@ impl Registry {
     ) -> Result<(Admission, Option<KeyRecord>), RegistryError> {
         let fingerprint = key.fingerprint();
         let Some((state, record)) = self.records.get(id).cloned() else {
+            if self.ids_in(KeyState::Pending).len() >= MAX_PENDING {
+                tracing::warn!(%id, %fingerprint, "refused a new key: too many pending keys");
+                return Ok((
+                    Admission::Refused(format!(
+                        "too many pending keys ({MAX_PENDING}); the operator must accept or \
+                         delete some first"
+                    )),
+                    None,
+                ));
+            }
             let record = KeyRecord::new(id, role, key, groups);
-            if self.auto_accepts(&fingerprint) {
+            if role == Role::Minion && self.auto_accepts(&fingerprint) {
                 tracing::info!(%id, %fingerprint, "auto-accepted new key");
                 self.store(KeyState::Accepted, record.clone())?;
                 return Ok((Admission::Admitted(role), Some(record)));
             }
             tracing::warn!(%id, %fingerprint, ?role, "new key is pending");
             self.store(KeyState::Pending, record)?;
-            return Ok((Admission::Refused(pending_text(id, &fingerprint)), None));
+            return Ok((Admission::Refused(pending_text(id, role)), None));
         };
         if record.key != key.to_hex() {
             tracing::error!(
                 %id, presented = %fingerprint, on_record = %record.fingerprint,
                 "DENIED: a known id presented another key; it may be an impostor"
             );
-            let impostor = KeyRecord::new(id, role, key, groups);
-            self.write(KeyState::Denied, &impostor)?;
-            self.denied.insert(id.to_owned(), impostor);
-            return Ok((Admission::Refused(denied_text(id, &fingerprint)), None));
+            let known_impostor = self.denied.get(id).is_some_and(|d| d.key == key.to_hex());
+            if !known_impostor {
+                let impostor = KeyRecord::new(id, role, key, groups);
+                self.write(KeyState::Denied, &impostor)?;
+                self.denied.insert(id.to_owned(), impostor);
+            }
+            return Ok((Admission::Refused(denied_text(id)), None));
         }
         let mut record = record;
         record.last_seen_ms = now_ms();
+        if state == KeyState::Pending {
+            record.groups = groups.to_vec();
+        }
         let admission = match state {
+            KeyState::Accepted if !same_groups(&record.groups, groups) => {
+                tracing::warn!(%id, accepted = ?record.groups, asked = ?groups, "refused: groups changed");
+                Admission::Refused(format!(
+                    "'{id}' asks for groups {groups:?} but was accepted with {:?}; \
+                     `dispatch key delete {id}` lets it ask again",
+                    record.groups
+                ))
+            }
             KeyState::Accepted => Admission::Admitted(record.role),
-            KeyState::Pending => Admission::Refused(pending_text(id, &fingerprint)),
+            KeyState::Pending => Admission::Refused(pending_text(id, record.role)),
             KeyState::Rejected => Admission::Refused(format!(
-                "the key of '{id}' was rejected by an operator; \
-                 `dispatch key delete {id}` on the master lets it ask again"
+                "the key of '{id}' was rejected; `dispatch key delete {id}` lets it ask again"
             )),
             KeyState::Denied => unreachable!("denied keys are kept apart"),
         };
@@ -242,18 +277,29 @@ impl Registry {
         all
     }
 
-    /// Accepts the pending keys of `ids` (every pending key when `ids` is empty and `all`).
-    /// Returns the records accepted.
+    /// Accepts the pending (or rejected) keys of `ids`; with `all`, every pending
+    /// *minion* key (operator keys are accepted only by name). Every id is checked
+    /// before anything changes. Returns the records accepted.
     pub fn accept(&mut self, ids: &[String], all: bool) -> Result<Vec<KeyRecord>, RegistryError> {
         let ids: Vec<String> = if all {
-            self.ids_in(KeyState::Pending)
+            self.records
+                .values()
+                .filter(|(state, r)| *state == KeyState::Pending && r.role == Role::Minion)
+                .map(|(_, r)| r.id.clone())
+                .collect()
         } else {
             ids.to_vec()
         };
-        let mut accepted = Vec::new();
+        let acceptable = [KeyState::Pending, KeyState::Rejected];
         for id in &ids {
             check_name("id", id)?;
-            let record = self.take(id, &[KeyState::Pending, KeyState::Rejected])?;
+            if !matches!(self.records.get(id), Some((state, _)) if acceptable.contains(state)) {
+                return Err(self.not_found(id, "pending"));
+            }
+        }
+        let mut accepted = Vec::new();
+        for id in &ids {
+            let (_, record) = self.records.get(id).cloned().expect("checked above");
             self.store(KeyState::Accepted, record.clone())?;
             accepted.push(record);
         }
@@ -263,7 +309,10 @@ impl Registry {
     /// Rejects the pending or accepted key of `id`.
     pub fn reject(&mut self, id: &str) -> Result<KeyRecord, RegistryError> {
         check_name("id", id)?;
-        let record = self.take(id, &[KeyState::Pending, KeyState::Accepted])?;
+        let record = match self.records.get(id) {
+            Some((KeyState::Pending | KeyState::Accepted, record)) => record.clone(),
+            _ => return Err(self.not_found(id, "pending or accepted")),
+        };
         self.store(KeyState::Rejected, record.clone())?;
         Ok(record)
     }
@@ -293,18 +342,6 @@ impl Registry {
             .collect()
     }
 
-    /// Removes `id` from one of `states`, or says where it is instead.
-    fn take(&mut self, id: &str, states: &[KeyState]) -> Result<KeyRecord, RegistryError> {
-        match self.records.get(id) {
-            Some((state, _)) if states.contains(state) => {
-                let (state, record) = self.records.remove(id).expect("present");
-                self.remove_file(state, id)?;
-                Ok(record)
-            }
-            _ => Err(self.not_found(id, states[0].as_str())),
-        }
-    }
-
     fn not_found(&self, id: &str, state: &'static str) -> RegistryError {
         let hint = match self.records.get(id) {
             Some((current, _)) => format!(" (it is {})", current.as_str()),
@@ -318,13 +355,21 @@ impl Registry {
         }
     }
 
-    fn store(&mut self, state: KeyState, record: KeyRecord) -> Result<(), RegistryError> {
-        if let Some((old, _)) = self.records.get(&record.id)
-            && *old != state
-        {
-            self.remove_file(*old, &record.id)?;
+    /// Records `record` in `state`: the new file is durable before the old one goes,
+    /// so a crash leaves at worst both (the newer state wins on reading, see [`open`]).
+    ///
+    /// [`open`]: Registry::open
+    fn store(&mut self, state: KeyState, mut record: KeyRecord) -> Result<(), RegistryError> {
+        let old = self.records.get(&record.id).map(|(old, _)| *old);
+        if old != Some(state) {
+            record.changed_ms = now_ms();
         }
         self.write(state, &record)?;
+        if let Some(old) = old
+            && old != state
+        {
+            self.remove_file(old, &record.id)?;
+        }
         self.records.insert(record.id.clone(), (state, record));
         Ok(())
     }
@@ -337,13 +382,20 @@ impl Registry {
         self.folder(state).join(format!("{id}.json"))
     }
 
+    /// Writes `record` to a temporary file, syncs it, renames it into place and syncs
+    /// the folder.
     fn write(&self, state: KeyState, record: &KeyRecord) -> Result<(), RegistryError> {
         let path = self.path(state, &record.id);
         let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_string_pretty(record).expect("records always encode") + "\n";
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|source| RegistryError::Io { path, source })
+        let written = (|| {
+            let mut file = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut file, text.as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(self.folder(state))?.sync_all()
+        })();
+        written.map_err(|source| RegistryError::Io { path, source })
     }
 
     fn remove_file(&self, state: KeyState, id: &str) -> Result<(), RegistryError> {
@@ -357,19 +409,29 @@ impl Registry {
     }
 }
 
-fn pending_text(id: &str, fingerprint: &Fingerprint) -> String {
-    format!(
-        "the key of '{id}' (fingerprint {fingerprint}) is pending; on the master, compare the \
-         fingerprint and run `dispatch key accept {id}`"
-    )
+/// Pending keys at most; further new keys are refused until an operator acts.
+pub const MAX_PENDING: usize = 10_000;
+
+fn pending_text(id: &str, role: Role) -> String {
+    let role = match role {
+        Role::Minion => "minion",
+        Role::Operator => "operator",
+    };
+    format!("{role} key of '{id}' is pending: compare fingerprints, then `dispatch key accept {id}`")
 }
 
-fn denied_text(id: &str, fingerprint: &Fingerprint) -> String {
-    format!(
-        "the key presented for '{id}' (fingerprint {fingerprint}) is not the one on record; \
-         denied. If '{id}' was re-keyed on purpose, run `dispatch key delete {id}` on the \
-         master and let it ask again"
-    )
+fn denied_text(id: &str) -> String {
+    format!("denied: '{id}' has another key on record; if re-keyed, `dispatch key delete {id}`")
+}
+
+fn same_groups(a: &[String], b: &[String]) -> bool {
+    let sorted = |g: &[String]| {
+        let mut g = g.to_vec();
+        g.sort();
+        g.dedup();
+        g
+    };
+    sorted(a) == sorted(b)
 }
 
 /// Reads every record of a folder; a file that does not parse, or whose name does not
@@ -429,9 +491,40 @@ mod tests {
         reg.accept(&["web.01".into()], false).unwrap();
         assert!(!dir.path().join("pending/web.01.json").exists());
         let mut reg = open(dir.path());
-        let (admission, _) = reg.admit("web.01", Role::Minion, &key, &[]).unwrap();
+        let (admission, _) = reg.admit("web.01", Role::Minion, &key, &groups).unwrap();
         assert_eq!(admission, Admission::Admitted(Role::Minion));
         assert_eq!(reg.accepted("web.01").unwrap().groups, groups);
+        let (changed, _) = reg.admit("web.01", Role::Minion, &key, &[]).unwrap();
+        assert!(matches!(changed, Admission::Refused(t) if t.contains("dispatch key delete web.01")));
+    }
+
+    #[test]
+    fn accept_all_takes_minions_only_and_a_bad_id_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reg = open(dir.path());
+        for (id, role) in [("web.01", Role::Minion), ("web.02", Role::Operator)] {
+            reg.admit(id, role, &KeyPair::generate().public(), &[]).unwrap();
+        }
+        let err = reg.accept(&["web.01".into(), "typo".into()], false).unwrap_err();
+        assert!(err.to_string().contains("typo"));
+        assert!(reg.accepted("web.01").is_none(), "nothing changes when one id is bad");
+        let accepted = reg.accept(&[], true).unwrap();
+        assert_eq!(accepted.len(), 1);
+        assert_eq!(accepted[0].id, "web.01");
+        assert!(reg.accepted("web.02").is_none(), "operators are accepted by name only");
+    }
+
+    #[test]
+    fn after_a_crash_between_two_states_the_newer_file_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = KeyPair::generate().public();
+        let mut reg = open(dir.path());
+        reg.admit("db.01", Role::Minion, &key, &[]).unwrap();
+        let pending = std::fs::read(dir.path().join("pending/db.01.json")).unwrap();
+        reg.accept(&["db.01".into()], false).unwrap();
+        std::fs::write(dir.path().join("pending/db.01.json"), pending).unwrap();
+        let reg = open(dir.path());
+        assert!(reg.accepted("db.01").is_some());
     }
 
     #[test]
@@ -470,6 +563,8 @@ mod tests {
         let (good, other) = (KeyPair::generate().public(), KeyPair::generate().public());
         let auto = AutoAccept::Fingerprints(vec![good.fingerprint()]);
         let mut reg = Registry::open(dir.path(), auto).unwrap();
+        let (operator, _) = reg.admit("op", Role::Operator, &good, &[]).unwrap();
+        assert!(matches!(operator, Admission::Refused(_)), "operators are never auto-accepted");
         let (admission, accepted) = reg.admit("a", Role::Minion, &good, &[]).unwrap();
         assert_eq!(admission, Admission::Admitted(Role::Minion));
         assert!(accepted.is_some());

@@ -9,6 +9,7 @@
 
 use crate::authority::SharedRegistry;
 use crate::jobs::Jobs;
+use crate::registry::KeyRecord;
 use crate::layout::MASTER_ID;
 use crate::topology;
 use dispatch_common::envelope::{Envelope, domain};
@@ -114,7 +115,7 @@ impl Responder {
             nonce: caller.nonce,
             body,
         };
-        let bytes = Envelope::seal(domain::RPC, &self.master, MASTER_ID, &response);
+        let bytes = Envelope::seal(domain::RPC_RESPONSE, &self.master, MASTER_ID, &response);
         let mut properties = BasicProperties::default();
         if let Some(id) = &caller.correlation_id {
             properties = properties.with_correlation_id(id.clone());
@@ -142,6 +143,8 @@ pub struct RpcServer {
     /// Acks requests and declares queues.
     pub channel: Channel,
     pub jobs: Arc<Jobs>,
+    /// The embedded broker, to close the connections of revoked keys.
+    pub broker: Option<Arc<dispatch_broker::Broker>>,
 }
 
 impl RpcServer {
@@ -191,27 +194,8 @@ impl RpcServer {
             RequestBody::AcceptKeys { ids, all } => {
                 let accepted = self.registry.lock().accept(&ids, all);
                 match accepted {
-                    Ok(records) => {
-                        let mut done = Vec::new();
-                        for record in records {
-                            if let Err(e) = topology::declare_minion(&self.channel, &record).await {
-                                return ResponseBody::Error(format!(
-                                    "accepted '{}' but could not declare its queue: {e}",
-                                    record.id
-                                ));
-                            }
-                            done.push(format!(
-                                "accepted {} {} ({})",
-                                role_name(record.role),
-                                record.id,
-                                record.fingerprint
-                            ));
-                        }
-                        if done.is_empty() {
-                            done.push("no pending keys".into());
-                        }
-                        ResponseBody::Done(done)
-                    }
+                    Ok(records) if records.is_empty() => ResponseBody::Done(vec!["no pending minion keys".into()]),
+                    Ok(records) => self.declare_accepted(records).await,
                     Err(e) => ResponseBody::Error(e.to_string()),
                 }
             }
@@ -219,7 +203,7 @@ impl RpcServer {
                 let rejected = self.registry.lock().reject(&id);
                 match rejected {
                     Ok(record) => {
-                        self.forget_queue(&id).await;
+                        self.forget(&id).await;
                         ResponseBody::Done(vec![format!(
                             "rejected {} ({})",
                             id, record.fingerprint
@@ -234,7 +218,7 @@ impl RpcServer {
                 let deleted = self.registry.lock().delete(&id);
                 match deleted {
                     Ok(_) => {
-                        self.forget_queue(&id).await;
+                        self.forget(&id).await;
                         ResponseBody::Done(vec![format!("deleted every key of {id}")])
                     }
                     Err(e) => ResponseBody::Error(e.to_string()),
@@ -243,8 +227,52 @@ impl RpcServer {
         }
     }
 
-    async fn forget_queue(&self, id: &str) {
-        if let Err(e) = topology::delete_minion(&self.channel, id).await {
+    /// Declares the queues of newly accepted minions (operators have none), each on a
+    /// fresh channel so one failure cannot close the RPC channel or skip the others.
+    async fn declare_accepted(&self, records: Vec<KeyRecord>) -> ResponseBody {
+        let mut done = Vec::new();
+        let mut failed = Vec::new();
+        for record in records {
+            let line = format!(
+                "accepted {} {} ({})",
+                role_name(record.role),
+                record.id,
+                record.fingerprint
+            );
+            if record.role == Role::Minion {
+                let declared = match self.jobs.connection.create_channel().await {
+                    Ok(channel) => topology::declare_minion(&channel, &record).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = declared {
+                    tracing::error!(id = %record.id, "declaring the queue of an accepted minion: {e}");
+                    failed.push(format!("{line}, but its queue could not be declared: {e}"));
+                    continue;
+                }
+            }
+            done.push(line);
+        }
+        if failed.is_empty() {
+            ResponseBody::Done(done)
+        } else {
+            failed.extend(done);
+            ResponseBody::Error(failed.join("\n"))
+        }
+    }
+
+    /// Deletes the queue of a rejected or deleted minion and closes its connections.
+    async fn forget(&self, id: &str) {
+        if let Some(broker) = &self.broker {
+            let closed = broker.close_connections_of(id, "the key was rejected or deleted");
+            if closed > 0 {
+                tracing::info!(%id, closed, "closed the connections of a revoked key");
+            }
+        }
+        let deleted = match self.jobs.connection.create_channel().await {
+            Ok(channel) => topology::delete_minion(&channel, id).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = deleted {
             tracing::warn!(%id, "could not delete the minion's queue: {e}");
         }
     }

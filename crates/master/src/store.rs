@@ -4,9 +4,13 @@
 //! The schema evolves by numbered migrations recorded in `PRAGMA user_version`; a store
 //! written by a newer master is refused rather than misread. The database runs in WAL
 //! mode with `synchronous = NORMAL`: a committed job survives a master crash, and at
-//! worst the last few milliseconds of writes are lost on a power cut. Returns are keyed
-//! by (job, minion) and the first one recorded wins: a refusal of a replayed copy can
-//! never overwrite a real result.
+//! worst the last few milliseconds of writes are lost on a power cut.
+//!
+//! Returns are keyed by (job, minion) and the first one recorded wins, with one
+//! exception: a refusal gives way to a later result or interruption (a copy replayed
+//! while the real job still ran is refused before the real result arrives). A job
+//! records the nonce of the request that made it, so a request redelivered after a
+//! master crash cannot publish the job twice.
 //!
 //! Every method blocks on SQLite; async callers go through `spawn_blocking`.
 
@@ -29,13 +33,15 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE jobs (
         exec BLOB NOT NULL,
         wait_ms INTEGER NOT NULL,
         ttl_ms INTEGER NOT NULL,
-        expires_at_ms INTEGER NOT NULL
+        expires_at_ms INTEGER NOT NULL,
+        request_nonce BLOB UNIQUE
     );
     CREATE INDEX jobs_by_time ON jobs (submitted_at_ms);
     CREATE TABLE returns (
         job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
         minion TEXT NOT NULL,
         arrived_at_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
         outcome BLOB NOT NULL,
         PRIMARY KEY (job_id, minion)
     );"];
@@ -72,6 +78,8 @@ pub struct JobRecord {
     pub wait_ms: u64,
     pub ttl_ms: u64,
     pub expires_at_ms: u64,
+    /// The nonce of the RPC request that made the job, if one did.
+    pub request_nonce: Option<[u8; 16]>,
 }
 
 /// One recorded return.
@@ -118,12 +126,13 @@ impl JobStore {
         self.connection.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records a new job.
-    pub fn insert_job(&self, job: &JobRecord) -> Result<(), StoreError> {
-        self.lock().execute(
-            "INSERT INTO jobs (id, submitted_by, submitted_at_ms, origin, target, target_spec,
-                               expected, exec, wait_ms, ttl_ms, expires_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    /// Records a new job; false if a job of the same request is already recorded.
+    pub fn insert_job(&self, job: &JobRecord) -> Result<bool, StoreError> {
+        let inserted = self.lock().execute(
+            "INSERT OR IGNORE INTO jobs (id, submitted_by, submitted_at_ms, origin, target,
+                               target_spec, expected, exec, wait_ms, ttl_ms, expires_at_ms,
+                               request_nonce)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 job.id.to_string(),
                 job.submitted_by,
@@ -136,25 +145,31 @@ impl JobStore {
                 job.wait_ms as i64,
                 job.ttl_ms as i64,
                 job.expires_at_ms as i64,
+                job.request_nonce.map(|n| n.to_vec()),
             ],
         )?;
-        Ok(())
+        Ok(inserted == 1)
     }
 
-    /// Records a return; false when this minion's return to this job was already
-    /// recorded (the first one wins) or the job is unknown.
+    /// Records a return; false when it does not count: the job is unknown, or this
+    /// minion's return to it is already recorded (a refusal only gives way to a result).
     pub fn insert_return(&self, reply: &Reply, arrived_at_ms: u64) -> Result<bool, StoreError> {
-        let inserted = self.lock().execute(
-            "INSERT OR IGNORE INTO returns (job_id, minion, arrived_at_ms, outcome)
-             SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ?1)",
+        let recorded = self.lock().execute(
+            "INSERT INTO returns (job_id, minion, arrived_at_ms, kind, outcome)
+             SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ?1)
+             ON CONFLICT (job_id, minion) DO UPDATE
+                SET arrived_at_ms = excluded.arrived_at_ms, kind = excluded.kind,
+                    outcome = excluded.outcome
+                WHERE returns.kind = 'refused' AND excluded.kind != 'refused'",
             params![
                 reply.job_id.to_string(),
                 reply.minion,
                 arrived_at_ms as i64,
+                outcome_kind(&reply.outcome),
                 encode(&reply.outcome),
             ],
         )?;
-        Ok(inserted == 1)
+        Ok(recorded == 1)
     }
 
     /// The job `id`, if recorded.
@@ -199,6 +214,7 @@ impl JobStore {
             wait_ms: wait as u64,
             ttl_ms: ttl as u64,
             expires_at_ms: expires as u64,
+            request_nonce: None,
         }))
     }
 
@@ -226,6 +242,15 @@ impl JobStore {
             });
         }
         Ok(returns)
+    }
+}
+
+/// The `kind` column of a return.
+fn outcome_kind(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Finished(_) => "finished",
+        Outcome::Refused { .. } => "refused",
+        Outcome::Interrupted => "interrupted",
     }
 }
 
@@ -260,6 +285,7 @@ mod tests {
             wait_ms: 2,
             ttl_ms: 3,
             expires_at_ms: 4,
+            request_nonce: Some([7; 16]),
         }
     }
 
@@ -272,33 +298,38 @@ mod tests {
     }
 
     #[test]
-    fn jobs_and_returns_survive_reopening_and_the_first_return_wins() {
+    fn jobs_and_returns_survive_reopening_and_a_result_outranks_a_refusal() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jobs.sqlite");
         let job = job();
         {
             let store = JobStore::open(&path).unwrap();
-            store.insert_job(&job).unwrap();
+            assert!(store.insert_job(&job).unwrap());
+            let again = JobRecord {
+                id: Uuid::now_v7(),
+                ..job.clone()
+            };
+            assert!(!store.insert_job(&again).unwrap(), "same request, no second job");
+            let refused = || Outcome::Refused {
+                reason: "replayed".into(),
+            };
             let done = Outcome::Finished(ExecResult {
                 exit_code: Some(0),
                 ..ExecResult::default()
             });
-            assert!(
-                store
-                    .insert_return(&reply(&job, "web.01", done), 10)
-                    .unwrap()
-            );
-            let refused = Outcome::Refused {
-                reason: "replayed".into(),
-            };
-            assert!(
-                !store
-                    .insert_return(&reply(&job, "web.01", refused), 11)
-                    .unwrap()
-            );
+            let record = |outcome, at| store.insert_return(&reply(&job, "web.01", outcome), at);
+            assert!(record(refused(), 9).unwrap());
+            assert!(record(done, 10).unwrap());
+            assert!(!record(refused(), 11).unwrap());
+            assert!(!record(Outcome::Interrupted, 12).unwrap());
         }
         let store = JobStore::open(&path).unwrap();
-        assert_eq!(store.job(&job.id).unwrap(), Some(job.clone()));
+        let stored = store.job(&job.id).unwrap().unwrap();
+        let expected = JobRecord {
+            request_nonce: None,
+            ..job.clone()
+        };
+        assert_eq!(stored, expected);
         let returns = store.returns(&job.id).unwrap();
         assert_eq!(returns.len(), 1);
         assert!(matches!(returns[0].outcome, Outcome::Finished(_)));
