@@ -21,7 +21,8 @@ use lapin::types::{AMQPValue, FieldArray, FieldTable, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use support::raw::RawConnection;
 use support::*;
 
@@ -51,6 +52,7 @@ impl KeyAuthority for Registry {
 /// An embedded broker on `127.0.0.1:0`; dropping it shuts the broker down.
 struct Embedded {
     addr: SocketAddr,
+    broker: Arc<Broker>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -88,7 +90,7 @@ impl Keys {
 
 /// Starts the embedded broker with `users` and `authority`, or says the test is skipped
 /// when the tests run against an external broker.
-async fn start(test: &str, users: Vec<User>, authority: Registry) -> Option<Embedded> {
+async fn start(test: &str, users: Vec<User>, authority: impl KeyAuthority) -> Option<Embedded> {
     if std::env::var(EXTERNAL_URL_VAR).is_ok_and(|url| !url.trim().is_empty()) {
         eprintln!("SKIPPED {test}: signed authentication is the embedded broker's");
         return None;
@@ -104,10 +106,18 @@ async fn start(test: &str, users: Vec<User>, authority: Registry) -> Option<Embe
         .expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("listener address");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(dispatch_broker::serve(listener, broker, async move {
-        let _ = stopped.await;
-    }));
-    Some(Embedded { addr, _stop: stop })
+    tokio::spawn(dispatch_broker::serve(
+        listener,
+        broker.clone(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    Some(Embedded {
+        addr,
+        broker,
+        _stop: stop,
+    })
 }
 
 async fn connect_with(broker: &Embedded, auth: impl AuthProvider) -> lapin::Result<Connection> {
@@ -457,4 +467,180 @@ async fn plain_still_works_when_users_are_configured_beside_a_key_authority() {
     let wrong = connect_url(&format!("amqp://alice:looking-glass@{}/%2f", broker.addr)).await;
     assert_refused(wrong, 403, "PLAIN");
     connect_key(&broker, &keys.db, DB, Role::Minion).await;
+}
+
+#[tokio::test]
+async fn revoking_a_user_closes_its_open_connections_with_320_and_no_others() {
+    let keys = Keys::new();
+    let test = "revoking_a_user_closes_its_open_connections_with_320_and_no_others";
+    let Some(broker) = start(test, vec![User::guest()], keys.registry()).await else {
+        return;
+    };
+    let master = connect_key(&broker, &keys.master, "master", Role::Operator).await;
+    declare_topology(&master).await;
+    assert_eq!(
+        broker.broker.close_connections_of(WEB, "nobody to close"),
+        0
+    );
+
+    // Two connections of web.01, each consuming its queue; db.01 and guest beside them.
+    let web = connect_key(&broker, &keys.web, WEB, Role::Minion).await;
+    let web_again = connect_key(&broker, &keys.web, WEB, Role::Minion).await;
+    let own = names::minion_queue(WEB);
+    let mut commands = consume(&channel(&web).await, &own, BasicConsumeOptions::default()).await;
+    let mut more = consume(
+        &channel(&web_again).await,
+        &own,
+        BasicConsumeOptions::default(),
+    )
+    .await;
+    let db = connect_key(&broker, &keys.db, DB, Role::Minion).await;
+    let guest = connect_url(&format!("amqp://guest:guest@{}/%2f", broker.addr))
+        .await
+        .expect("guest logs in with PLAIN");
+    assert_eq!(broker.broker.connections_of(WEB), 2);
+
+    let reason = "the key of 'web.01' was rejected by an operator";
+    assert_eq!(broker.broker.close_connections_of(WEB, reason), 2);
+    for consumer in [&mut commands, &mut more] {
+        let error = consumer_error(consumer).await;
+        assert_eq!(amqp_code(&error), Some(320), "got: {error}");
+        assert!(error.to_string().contains(reason), "got: {error}");
+    }
+    eventually("web.01's connections are closed", || async {
+        !web.status().connected() && !web_again.status().connected()
+    })
+    .await;
+    eventually("the broker forgot web.01's connections", || async {
+        broker.broker.connections_of(WEB) == 0
+    })
+    .await;
+    // Revoking again finds nothing; its consumers are gone with its connections.
+    assert_eq!(broker.broker.close_connections_of(WEB, reason), 0);
+    let ch = confirm_channel(&master).await;
+    publish(&ch, "", &own, b"for nobody").await;
+    assert_eq!(queue_exists(&master, &own).await.unwrap(), 1);
+
+    // The others stay connected and keep their rights.
+    for (conn, who) in [(&master, "master"), (&db, DB), (&guest, "guest")] {
+        assert!(conn.status().connected(), "{who} stays connected");
+    }
+    let to_db = confirm_channel(&master).await;
+    publish(&to_db, "", &names::minion_queue(DB), b"uptime").await;
+    let db_ch = channel(&db).await;
+    let mut db_commands = consume(
+        &db_ch,
+        &names::minion_queue(DB),
+        BasicConsumeOptions::default(),
+    )
+    .await;
+    assert_eq!(body(&next_delivery(&mut db_commands).await), "uptime");
+    let guest_ch = confirm_channel(&guest).await;
+    publish(&guest_ch, "", names::RESULTS_QUEUE, b"still here").await;
+}
+
+#[tokio::test]
+async fn a_minion_may_not_publish_events_of_a_minion_whose_id_extends_its_own() {
+    let keys = Keys::new();
+    let test = "a_minion_may_not_publish_events_of_a_minion_whose_id_extends_its_own";
+    let short = KeyPair::generate();
+    let mut registry = keys.registry();
+    registry
+        .accepted
+        .insert(short.public(), Permissions::Minion { id: "web".into() });
+    let Some(broker) = start(test, vec![], registry).await else {
+        return;
+    };
+    let master = connect_key(&broker, &keys.master, "master", Role::Operator).await;
+    declare_topology(&master).await;
+    let web = connect_key(&broker, &short, "web", Role::Minion).await;
+
+    let own = try_publish(
+        &web,
+        names::EVENTS_EXCHANGE,
+        "minion.web.up",
+        Default::default(),
+    );
+    assert!(own.await.expect("its own event").is_ack());
+    let posed = try_publish(
+        &web,
+        names::EVENTS_EXCHANGE,
+        "minion.web.01.up",
+        Default::default(),
+    );
+    assert_refused(
+        posed.await,
+        403,
+        "access to routing key 'minion.web.01.up' of exchange 'dispatch.events' in vhost '/' refused for user 'web'",
+    );
+    assert!(web.status().connected(), "only the channel was closed");
+}
+
+/// A [`Registry`] whose operator rejects each key right after admitting it, while its
+/// handshake is still running: the broker must not leave that connection open.
+struct RejectedWhileLoggingIn {
+    registry: Registry,
+    broker: Arc<OnceLock<Weak<Broker>>>,
+    closed: Arc<AtomicUsize>,
+}
+
+impl KeyAuthority for RejectedWhileLoggingIn {
+    fn broker_key(&self) -> PublicKey {
+        self.registry.broker_key()
+    }
+
+    fn admit(
+        &self,
+        proof: &Proof,
+        key: &PublicKey,
+        peer: SocketAddr,
+    ) -> Result<Permissions, String> {
+        let permissions = self.registry.admit(proof, key, peer)?;
+        if let Some(broker) = self.broker.get().and_then(Weak::upgrade) {
+            let closed = broker.close_connections_of(&proof.id, "rejected while logging in");
+            self.closed.fetch_add(closed, Ordering::SeqCst);
+        }
+        Ok(permissions)
+    }
+}
+
+#[tokio::test]
+async fn a_login_revoked_after_its_key_was_admitted_is_closed_once_open() {
+    let keys = Keys::new();
+    let test = "a_login_revoked_after_its_key_was_admitted_is_closed_once_open";
+    let (cell, closed) = (Arc::new(OnceLock::new()), Arc::new(AtomicUsize::new(0)));
+    let authority = RejectedWhileLoggingIn {
+        registry: keys.registry(),
+        broker: cell.clone(),
+        closed: closed.clone(),
+    };
+    let Some(broker) = start(test, vec![], authority).await else {
+        return;
+    };
+    cell.set(Arc::downgrade(&broker.broker))
+        .expect("set the broker once");
+    let connected = connect_with(
+        &broker,
+        SaslClient::new(keys.web.clone(), WEB, Role::Minion, &[]),
+    )
+    .await;
+    assert_eq!(
+        closed.load(Ordering::SeqCst),
+        1,
+        "the login in progress was found"
+    );
+    match connected {
+        // The close may reach the client before or after it saw open-ok.
+        Err(error) => assert_eq!(amqp_code(&error), Some(320), "got: {error}"),
+        Ok(web) => {
+            eventually("the revoked login is closed", || async {
+                !web.status().connected()
+            })
+            .await;
+        }
+    }
+    eventually("the broker forgot the revoked login", || async {
+        broker.broker.connections_of(WEB) == 0
+    })
+    .await;
 }

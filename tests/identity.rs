@@ -504,15 +504,26 @@ async fn rpc_requests_with_a_bad_signature_or_replayed_are_refused() {
     };
 
     let request = Request::new(RequestBody::ListKeys);
-    let forged = Envelope::seal(domain::RPC, &KeyPair::generate(), "operator.local", &request);
+    let forged = Envelope::seal(
+        domain::RPC,
+        &KeyPair::generate(),
+        "operator.local",
+        &request,
+    );
     ask(forged).await;
     let refused = answer().await;
-    assert!(matches!(&refused, ResponseBody::Error(e) if e.contains("request refused")), "{refused:?}");
+    assert!(
+        matches!(&refused, ResponseBody::Error(e) if e.contains("request refused")),
+        "{refused:?}"
+    );
 
     let good = Envelope::seal(domain::RPC, &operator_key, "operator.local", &request);
     ask(good.clone()).await;
     assert!(matches!(answer().await, ResponseBody::Keys(_)));
     ask(good).await;
     let replayed = answer().await;
-    assert!(matches!(&replayed, ResponseBody::Error(e) if e.contains("replayed")), "{replayed:?}");
+    assert!(
+        matches!(&replayed, ResponseBody::Error(e) if e.contains("replayed")),
+        "{replayed:?}"
+    );
 }

@@ -461,7 +461,7 @@ impl Operator {
         .expect("publish a command");
     }
 
-    /// A consumer of every job event (verified returns) the master raises.
+    /// A consumer of every return the master verified and raised as an event.
     pub async fn returns(&self) -> Consumer {
         let queue = self
             .channel
@@ -479,7 +479,7 @@ impl Operator {
             .queue_bind(
                 queue.name().clone(),
                 EVENTS_EXCHANGE.into(),
-                "job.#".into(),
+                "job.*.*.#".into(), // returns only: `job.<jid>` alone is a new job
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )

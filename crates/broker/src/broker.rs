@@ -2,6 +2,7 @@
 
 use crate::config::BrokerConfig;
 use crate::queue::ConnId;
+use crate::sessions::Sessions;
 use crate::store::Store;
 use crate::vhost::Vhost;
 use std::sync::Arc;
@@ -12,6 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Broker {
     pub config: BrokerConfig,
     pub vhost: Vhost,
+    /// Open connections by user, for [`Broker::close_connections_of`].
+    pub(crate) sessions: Sessions,
     next_connection: AtomicU64,
 }
 
@@ -29,6 +32,7 @@ impl Broker {
         Ok(Self {
             config,
             vhost: Vhost::new(store),
+            sessions: Sessions::default(),
             next_connection: AtomicU64::new(1),
         })
     }
@@ -41,6 +45,32 @@ impl Broker {
     /// Messages in memory exceed the configured limit: publishers must wait.
     pub fn memory_alarm(&self) -> bool {
         crate::message::bytes_in_memory() > self.config.memory_limit
+    }
+
+    /// Closes every connection authenticated as `user` (by key: the id its proof names;
+    /// by password: the login) with `connection.close` 320 CONNECTION_FORCED and
+    /// `reason`, as a shutdown does; returns how many were told to close. Logins of
+    /// `user` still in their handshake are counted too and closed as soon as they open.
+    ///
+    /// Call it after the revocation is recorded where the [`crate::KeyAuthority`]
+    /// looks, so no login can slip between the two. It only signals the connection
+    /// tasks (which send the close and release their channels, consumers and exclusive
+    /// queues), so it never blocks; with no connection of `user` it is one hash lookup.
+    pub fn close_connections_of(&self, user: &str, reason: &str) -> usize {
+        let closed = self.sessions.revoke(user, reason);
+        if closed > 0 {
+            tracing::info!(
+                user,
+                closed,
+                "closing the connections of a revoked user: {reason}"
+            );
+        }
+        closed
+    }
+
+    /// How many connections `user` has open (or logging in).
+    pub fn connections_of(&self, user: &str) -> usize {
+        self.sessions.count(user)
     }
 
     pub fn next_connection_id(&self) -> ConnId {

@@ -15,6 +15,9 @@ pub struct AmqpError {
 /// Longest reply text a close frame can carry (a short string).
 pub const MAX_REPLY_TEXT: usize = 255;
 
+/// Ends a reply text that was cut to [`MAX_REPLY_TEXT`].
+const ELLIPSIS: char = '…';
+
 /// Reply codes of AMQP 0-9-1 the broker uses.
 pub mod code {
     pub const CONNECTION_FORCED: u16 = 320;
@@ -56,13 +59,15 @@ impl AmqpError {
     /// An error with `code`; the text is prefixed with the code's name, as RabbitMQ does.
     pub fn new(code: u16, text: impl fmt::Display) -> Self {
         let mut text = format!("{} - {text}", code_name(code));
-        // The reply text is a short string: cut it to 255 bytes on a char boundary.
+        // The reply text is a short string: cut it to 255 bytes on a char boundary,
+        // ending with "…" so a reader sees it was cut.
         if text.len() > MAX_REPLY_TEXT {
-            let mut end = MAX_REPLY_TEXT;
+            let mut end = MAX_REPLY_TEXT - ELLIPSIS.len_utf8();
             while !text.is_char_boundary(end) {
                 end -= 1;
             }
             text.truncate(end);
+            text.push(ELLIPSIS);
         }
         Self {
             code,
@@ -143,6 +148,30 @@ mod tests {
         let err = AmqpError::not_found(format!("no queue '{}' in vhost '/'", "é".repeat(300)));
         assert!(err.text.len() <= MAX_REPLY_TEXT);
         assert!(err.text.starts_with("NOT_FOUND - no queue"));
+        assert!(err.text.ends_with("é…"), "{}", err.text);
         let _ = amq_protocol::types::ShortString::from(err.text.as_str());
+        // Every alignment of a multi-byte char against the cut.
+        for pad in 0..4 {
+            let text = format!("{}{}", "x".repeat(pad), "€".repeat(100));
+            let err = AmqpError::not_found(text);
+            assert!(err.text.len() <= MAX_REPLY_TEXT, "{}", err.text.len());
+            assert!(
+                err.text.len() > MAX_REPLY_TEXT - 6,
+                "cut no more than needed"
+            );
+            assert!(err.text.ends_with("€…"), "{}", err.text);
+        }
+    }
+
+    #[test]
+    fn reply_texts_that_fit_are_kept_whole() {
+        let prefix = "NOT_FOUND - ";
+        let fits = "a".repeat(MAX_REPLY_TEXT - prefix.len());
+        let err = AmqpError::not_found(&fits);
+        assert_eq!(err.text, format!("{prefix}{fits}"));
+        assert_eq!(err.text.len(), MAX_REPLY_TEXT);
+        let over = AmqpError::not_found(format!("{fits}b"));
+        assert_eq!(over.text.len(), MAX_REPLY_TEXT);
+        assert!(over.text.ends_with("aa…"));
     }
 }

@@ -9,7 +9,10 @@
 //! [`Permissions`]. Password users carry their permissions in [`crate::User`].
 //!
 //! The connection keeps its permissions for its whole life; [`crate::permission`]
-//! checks them on every declare, bind, delete, purge, consume, get and publish.
+//! checks them on every declare, bind, delete, purge, consume, get and publish. To take
+//! them away (a key rejected or deleted), the embedder records that where
+//! [`KeyAuthority::admit`] looks, then calls [`crate::Broker::close_connections_of`],
+//! which closes the user's open connections with 320 CONNECTION_FORCED.
 
 use dispatch_common::keys::PublicKey;
 use dispatch_common::sasl::Proof;
@@ -51,8 +54,9 @@ pub enum Permissions {
     Full,
     /// A minion: consume/get only its own queue `names::minion_queue(id)`; publish only to
     /// the default exchange "" with routing key `names::RESULTS_QUEUE`, or to
-    /// `names::EVENTS_EXCHANGE` with a routing key starting with
-    /// `names::minion_event_prefix(id)`; passive declares of its own queue and of those
+    /// `names::EVENTS_EXCHANGE` with a routing key `names::minion_event_prefix(id)`
+    /// followed by one word (non-empty, no `.`: minion `web` may not publish
+    /// `minion.web.01.up`, an event of minion `web.01`); passive declares of its own queue and of those
     /// exchanges are fine; every other declare, bind, unbind, delete, purge is 403
     /// ACCESS_REFUSED.
     Minion { id: String },

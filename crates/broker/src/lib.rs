@@ -8,6 +8,8 @@
 //!   reading frames, writing through the [`outbox`];
 //! - [`identity`]: the [`KeyAuthority`] that admits key logins and the [`Permissions`]
 //!   a connection gets; [`permission`] checks them in every channel handler;
+//! - [`sessions`]: open connections by user, so [`Broker::close_connections_of`] can
+//!   revoke a user's rights at once;
 //! - [`channel`]: per-channel state and the handler of every method;
 //! - [`vhost`]: exchanges, queues, consumers and deliveries behind one lock, with
 //!   routing in [`exchange`] and queue contents and length limits in [`queue`];
@@ -40,6 +42,7 @@ pub mod permission;
 mod persistence;
 pub mod queue;
 pub mod server;
+pub mod sessions;
 pub mod store;
 pub mod vhost;
 

@@ -118,7 +118,7 @@ fn read_queue(perm: &Permissions, queue: &str) -> Result<(), AmqpError> {
 fn minion_publish(id: &str, exchange: &str, routing_key: &str) -> Result<(), AmqpError> {
     let allowed = match exchange {
         "" => routing_key == names::RESULTS_QUEUE,
-        names::EVENTS_EXCHANGE => routing_key.starts_with(&names::minion_event_prefix(id)),
+        names::EVENTS_EXCHANGE => is_own_event(id, routing_key),
         _ => return Err(refused(id, Exchange(exchange))),
     };
     if allowed {
@@ -126,6 +126,15 @@ fn minion_publish(id: &str, exchange: &str, routing_key: &str) -> Result<(), Amq
     } else {
         Err(refused(id, RoutingKey(exchange, routing_key)))
     }
+}
+
+/// `minion.<id>.<event>` with `<event>` one non-empty word. Ids may contain dots, so a
+/// bare prefix test would let minion `web` publish `minion.web.01.up`, an event of
+/// minion `web.01`.
+fn is_own_event(id: &str, routing_key: &str) -> bool {
+    routing_key
+        .strip_prefix(names::minion_event_prefix(id).as_str())
+        .is_some_and(|event| !event.is_empty() && !event.contains('.'))
 }
 
 fn is_own_queue(id: &str, queue: &str) -> bool {
@@ -232,5 +241,32 @@ mod tests {
         assert!(declare_exchange(&minion(), names::EVENTS_EXCHANGE, false).is_err());
         assert!(declare_exchange(&minion(), names::COMMANDS_EXCHANGE, true).is_err());
         assert!(delete_exchange(&minion(), names::EVENTS_EXCHANGE).is_err());
+    }
+
+    #[test]
+    fn a_minion_whose_id_prefixes_another_cannot_publish_its_events() {
+        let web = Permissions::Minion { id: "web".into() };
+        let events = names::EVENTS_EXCHANGE;
+        assert!(publish(&web, events, "minion.web.up").is_ok());
+        let err = publish(&web, events, "minion.web.01.up").unwrap_err();
+        assert_eq!(err.code, ACCESS_REFUSED);
+        assert!(
+            err.text.contains("routing key 'minion.web.01.up'"),
+            "{}",
+            err.text
+        );
+        for key in [
+            "minion.web.",
+            "minion.web",
+            "minion.webx.up",
+            "minion.web..up",
+        ] {
+            assert!(publish(&web, events, key).is_err(), "{key}");
+        }
+        let cc = ["minion.web.01.down".to_owned()];
+        assert!(publish_cc(&web, events, &cc).is_err());
+        // A dotted id publishes one-word events under its whole id.
+        assert!(publish(&minion(), events, "minion.web.01.up").is_ok());
+        assert!(publish(&minion(), events, "minion.web.01.up.again").is_err());
     }
 }

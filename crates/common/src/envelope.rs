@@ -22,6 +22,8 @@ pub mod domain {
     pub const RPC: &str = "dispatch/rpc/v1";
     /// The master's answers to RPC requests.
     pub const RPC_RESPONSE: &str = "dispatch/rpc-response/v1";
+    /// Events the master raises on the events exchange (a job was published).
+    pub const EVENT: &str = "dispatch/event/v1";
     /// Minion presence announcements (up, heartbeat, down).
     pub const PRESENCE: &str = "dispatch/presence/v1";
     /// The SASL proof of a connecting client.

@@ -94,6 +94,12 @@ pub fn job_event_key(job_id: &uuid::Uuid, minion: &str) -> String {
     format!("job.{}.{minion}", job_id.simple())
 }
 
+/// Routing key of the event the master raises when it publishes job `job_id`:
+/// `job.<jid>` (a return is `job.<jid>.<minion>`).
+pub fn job_new_event_key(job_id: &uuid::Uuid) -> String {
+    format!("job.{}", job_id.simple())
+}
+
 /// Routing-key prefix of the events minion `id` may publish: `minion.<id>.`.
 pub fn minion_event_prefix(id: &str) -> String {
     format!("minion.{id}.")

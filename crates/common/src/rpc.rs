@@ -7,7 +7,7 @@
 //! expire, so no request can be replayed. The response, signed by the master, echoes the
 //! nonce so the caller can tie it to its request.
 
-use crate::message::{Exec, Reply};
+use crate::message::{Exec, Outcome, Reply};
 use crate::target::Target;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -57,6 +57,97 @@ pub enum RequestBody {
     Run(RunSpec),
     /// The accepted minions and whether they are connected.
     Minions,
+    /// One job by id, an unambiguous prefix (8+ hex digits) or suffix; with `wait_ms`,
+    /// answered once every expected minion has answered or expired, or when it passes.
+    Job {
+        id: String,
+        wait_ms: Option<u64>,
+    },
+    /// Recent jobs, newest first.
+    Jobs(JobQuery),
+    /// Create a schedule; answered with its next three fire times.
+    AddSchedule(ScheduleSpec),
+    /// Every schedule, or the one named.
+    Schedules {
+        name: Option<String>,
+    },
+    RemoveSchedule {
+        name: String,
+    },
+    PauseSchedule {
+        name: String,
+    },
+    ResumeSchedule {
+        name: String,
+    },
+    /// Fire a schedule now, outside its times (answered with the job's `Started`).
+    RunSchedule {
+        name: String,
+    },
+}
+
+/// A schedule as an operator defines it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleSpec {
+    pub name: String,
+    /// Cron expression: 5 fields, 6 with seconds first, or an alias such as `@daily`.
+    pub cron: String,
+    /// IANA time zone the expression is read in.
+    pub tz: String,
+    /// What each firing runs (`detach` is ignored: a firing has no caller).
+    pub run: RunSpec,
+    pub overlap: OverlapPolicy,
+    pub missed: MissedPolicy,
+    /// Start each firing after a random delay below this.
+    pub splay_ms: Option<u64>,
+}
+
+/// Whether a firing may start while the previous one still runs on online minions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverlapPolicy {
+    /// Record the firing as skipped while online minions still run the previous one.
+    #[default]
+    Skip,
+    /// Fire anyway.
+    Allow,
+}
+
+/// What happens to fire times that passed while the master was down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissedPolicy {
+    /// Record them as skipped, once, and wait for the next fire time.
+    #[default]
+    Skip,
+    /// Fire once now, whatever their number.
+    RunOnce,
+}
+
+/// A schedule as `dispatch schedule list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleInfo {
+    pub spec: ScheduleSpec,
+    pub paused: bool,
+    pub created_at_ms: u64,
+    /// The next fire times (none while paused).
+    pub next_runs_ms: Vec<u64>,
+    pub last_fired_ms: Option<u64>,
+    pub last_job: Option<Uuid>,
+    /// What became of the last firing: skipped, or its job's states.
+    pub last_outcome: Option<String>,
+}
+
+/// What `dispatch jobs` asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobQuery {
+    pub limit: u32,
+    /// Only jobs submitted at or after this time.
+    pub since_ms: Option<u64>,
+    /// Only jobs whose target, as typed, matches this topic pattern (`web.*`).
+    pub target: Option<String>,
+    /// Only jobs with at least one minion in this state.
+    pub status: Option<MinionState>,
 }
 
 /// What `dispatch run` asks for.
@@ -130,6 +221,123 @@ pub enum ResponseBody {
     /// The end of the wait: who returned, who did not.
     Summary(JobSummary),
     Minions(Vec<MinionInfo>),
+    Job(JobView),
+    Jobs(Vec<JobListing>),
+    Schedules(Vec<ScheduleInfo>),
+}
+
+/// Where one expected minion stands in a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MinionState {
+    /// Returned, exit status 0.
+    Succeeded,
+    /// Returned non-zero, killed, or could not start the command.
+    Failed,
+    /// Would not run it (expired, not for it, replayed).
+    Refused,
+    /// Stopped while running it; it will not run again.
+    Interrupted,
+    /// Connected when the job was published; no return yet.
+    Running,
+    /// Connected when the job was published, and no return within its exec timeout.
+    TimedOut,
+    /// Offline when the job was published; the command waits in its queue.
+    Queued,
+    /// Offline, and the command's TTL passed without a return.
+    Expired,
+}
+
+impl MinionState {
+    pub const ALL: [MinionState; 8] = [
+        MinionState::Succeeded,
+        MinionState::Failed,
+        MinionState::Refused,
+        MinionState::Interrupted,
+        MinionState::Running,
+        MinionState::TimedOut,
+        MinionState::Queued,
+        MinionState::Expired,
+    ];
+
+    /// The name used in output and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MinionState::Succeeded => "succeeded",
+            MinionState::Failed => "failed",
+            MinionState::Refused => "refused",
+            MinionState::Interrupted => "interrupted",
+            MinionState::Running => "running",
+            MinionState::TimedOut => "timed_out",
+            MinionState::Queued => "queued",
+            MinionState::Expired => "expired",
+        }
+    }
+
+    /// Parses a name as [`as_str`](Self::as_str) writes it.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.as_str() == text.replace('-', "_"))
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|s| s.as_str()).collect();
+                format!("unknown state '{text}'; one of: {}", names.join(", "))
+            })
+    }
+
+    /// No further change is expected.
+    pub fn is_final(self) -> bool {
+        !matches!(self, MinionState::Running | MinionState::Queued)
+    }
+}
+
+/// A job as `dispatch job` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobView {
+    pub job_id: Uuid,
+    pub submitted_by: String,
+    pub submitted_at_ms: u64,
+    /// `cli`, or the name of the schedule that fired it.
+    pub origin: String,
+    /// The target as typed.
+    pub target: String,
+    pub exec: Exec,
+    pub wait_ms: u64,
+    pub ttl_ms: u64,
+    pub expires_at_ms: u64,
+    /// Every expected minion, by id.
+    pub minions: Vec<MinionReturn>,
+}
+
+impl JobView {
+    /// Every expected minion is in a final state.
+    pub fn complete(&self) -> bool {
+        self.minions.iter().all(|m| m.state.is_final())
+    }
+}
+
+/// One expected minion of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MinionReturn {
+    pub minion: String,
+    pub state: MinionState,
+    pub arrived_at_ms: Option<u64>,
+    /// The return itself, when one arrived.
+    pub outcome: Option<Outcome>,
+}
+
+/// A job as `dispatch jobs` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobListing {
+    pub job_id: Uuid,
+    pub submitted_by: String,
+    pub submitted_at_ms: u64,
+    pub origin: String,
+    pub target: String,
+    /// The command line, argv joined by spaces.
+    pub command: String,
+    /// How many expected minions are in each state (states with none left out).
+    pub counts: Vec<(MinionState, u32)>,
 }
 
 /// The first answer to [`RequestBody::Run`].

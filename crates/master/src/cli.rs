@@ -1,23 +1,25 @@
 //! The `dispatch` command line: parse into [`Cli`], then run the master daemon or one
-//! operator verb. Verbs that need checking beyond clap (`run`) turn their arguments into
-//! a validated plan before any I/O.
+//! operator verb. Verbs that need checking beyond clap (`run`, `job`, `jobs`, `events`)
+//! turn their arguments into a validated plan before any I/O.
 //!
 //! Exit codes ([`exit`]):
-//! - 0: success;
-//! - 1: the master refused or failed the request (the message says why), or, for
-//!   `dispatch run`, a minion returned non-zero, was killed, could not start the command,
+//! - 0: success (`dispatch events`: stopped by Ctrl-C or a closed stdout);
+//! - 1: the master refused or failed the request (the message says why; for
+//!   `dispatch job`, also an unknown or ambiguous job id), or, for `dispatch run` and
+//!   `dispatch job`, a minion returned non-zero, was killed, could not start the command,
 //!   refused it or was interrupted;
-//! - 2: usage, key or connection errors;
-//! - 3 (`dispatch run`): a target did not return: it timed out, is offline (the command
-//!   waits in its queue until the TTL) or was not started by a rolling batch; the
-//!   summary names them with the job id. This wins over 1;
+//! - 2: usage, key or connection errors (`dispatch events`: the connection dropped);
+//! - 3 (`dispatch run`, `dispatch job`): a target did not return: it timed out, is
+//!   offline (the command waits in its queue until the TTL), expired there, is still
+//!   running, or was not started by a rolling batch; the output names them with the
+//!   job id. This wins over 1;
 //! - 130: Ctrl-C stopped `dispatch run` waiting; the job goes on.
 
 use crate::client::{MasterTrust, Operator};
 use crate::daemon::MasterConfig;
 use crate::layout::{
-    DEFAULT_DATA_DIR, DEFAULT_LISTEN, DEFAULT_MASTER_URL, DataDir, LOCAL_OPERATOR_ID,
-    personal_master_pin, personal_operator_id, personal_operator_key,
+    DEFAULT_DATA_DIR, DEFAULT_KEEP_JOBS, DEFAULT_LISTEN, DEFAULT_MASTER_URL, DataDir,
+    LOCAL_OPERATOR_ID, personal_master_pin, personal_operator_id, personal_operator_key,
 };
 use crate::registry::AutoAccept;
 use anyhow::Context;
@@ -25,7 +27,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use dispatch_broker::User;
 use dispatch_common::keys::{Fingerprint, KeyPair};
 use dispatch_common::names::check_name;
-use dispatch_common::rpc::Batch;
+use dispatch_common::rpc::{Batch, MinionState};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -85,6 +87,96 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         out: Output,
     },
+    /// Show one job: who ran what, and every targeted minion's state and output.
+    #[command(after_long_help = JOB_AFTER_HELP)]
+    Job(JobArgs),
+    /// List recent jobs, newest first, with how many minions are in each state.
+    #[command(after_long_help = JOBS_AFTER_HELP)]
+    Jobs(JobsArgs),
+    /// Print job and minion events as they happen, until Ctrl-C.
+    #[command(after_long_help = EVENTS_AFTER_HELP)]
+    Events(EventsArgs),
+}
+
+const JOB_AFTER_HELP: &str = "\
+JID is the whole job id, or at least 8 hex digits of its start or end
+(`dispatch jobs` lists them).
+
+States: succeeded, failed, refused, interrupted (returned); running, timed_out
+(connected when published, no return yet / within the exec timeout); queued,
+expired (offline when published; the command waits in its queue / expired there).
+
+Exit codes:
+  0  every targeted minion succeeded
+  1  a minion failed, refused or was interrupted; or no such job, or JID is ambiguous
+  2  usage or connection error
+  3  a minion has not returned (running, timed_out, queued, expired)";
+
+const JOBS_AFTER_HELP: &str = "\
+Examples:
+  dispatch jobs --since 12h
+  dispatch jobs --target 'web.*' --status failed
+  dispatch jobs --limit 100 --out json";
+
+const EVENTS_AFTER_HELP: &str = "\
+Event keys, which --filter matches as an AMQP topic pattern ('*' one segment,
+'#' any depth):
+  job.JID               a job was published (JID: 32 hex digits)
+  job.JID.MINION        a minion's return was recorded
+  minion.ID.KIND        a minion announced itself: up, heartbeat or down
+
+Examples:
+  dispatch events --filter 'job.#'
+  dispatch events --filter 'minion.*.down'
+  dispatch events --out json | head -n 5
+
+Exit codes: 0 after Ctrl-C (or when stdout is closed), 2 when the connection drops.";
+
+/// `dispatch job JID …` as typed; [`crate::job_cmd::plan`] checks it.
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    /// The job id, or at least 8 hex digits of its start or end.
+    #[arg(value_name = "JID")]
+    pub jid: String,
+    /// Wait until every targeted minion has returned or expired (at most --timeout).
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, value_name = "DUR", default_value = "5m", requires = "wait", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    #[arg(long, value_enum, default_value_t = ViewOutput::Text)]
+    pub out: ViewOutput,
+}
+
+/// `dispatch jobs …` as typed; [`crate::jobs_cmd::plan`] checks it.
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// At most this many jobs.
+    #[arg(long, value_name = "N", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::history::MAX_LIMIT)))]
+    pub limit: u32,
+    /// Only jobs submitted within this long (e.g. 1h, 2d).
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+    pub since: Option<Duration>,
+    /// Only jobs whose target, as typed, this topic pattern covers (e.g. 'web.*').
+    #[arg(long, value_name = "PATTERN")]
+    pub target: Option<String>,
+    /// Only jobs with at least one minion in this state.
+    #[arg(long, value_name = "STATE", value_parser = MinionState::parse)]
+    pub status: Option<MinionState>,
+    #[arg(long, value_enum, default_value_t = ViewOutput::Text)]
+    pub out: ViewOutput,
+}
+
+/// `dispatch events …` as typed; [`crate::events_cmd::plan`] checks it.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only events whose key this topic pattern matches (see below).
+    #[arg(long, value_name = "PATTERN", default_value = "#")]
+    pub filter: String,
+    /// Text lines, or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub out: Output,
 }
 
 const RUN_AFTER_HELP: &str = "\
@@ -180,6 +272,9 @@ pub struct MasterArgs {
     /// full rights, as NAME:PASSWORD (repeatable; none by default).
     #[arg(long = "plain-user", value_name = "NAME:PASSWORD", value_parser = dispatch_broker::cli::parse_user)]
     pub plain_users: Vec<User>,
+    /// How long jobs and their returns are kept in the job store.
+    #[arg(long, default_value = DEFAULT_KEEP_JOBS, value_parser = humantime::parse_duration)]
+    pub keep_jobs: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -211,6 +306,17 @@ pub enum KeyCommand {
 pub enum Output {
     Text,
     Json,
+}
+
+/// How `dispatch job` and `dispatch jobs` print what they found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ViewOutput {
+    /// For people: a report or a table.
+    Text,
+    /// One JSON document.
+    Json,
+    /// One YAML document with the same fields as JSON.
+    Yaml,
 }
 
 /// How `dispatch run` prints returns.
@@ -295,6 +401,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 broker_url: args.broker,
                 auto_accept,
                 plain_users: args.plain_users,
+                keep_jobs: args.keep_jobs,
             };
             let announce = |ready: &crate::daemon::Ready| {
                 println!("master fingerprint {}", ready.fingerprint);
@@ -329,6 +436,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let operator = operator(&data_dir, cli.master_fingerprint)?;
             crate::minions_cmd::run(&cli.master, operator, out).await
         }
+        Command::Job(args) => {
+            let plan = crate::job_cmd::plan(args)?;
+            let operator = operator(&data_dir, cli.master_fingerprint)?;
+            crate::job_cmd::run(&cli.master, operator, plan).await
+        }
+        Command::Jobs(args) => {
+            let plan = crate::jobs_cmd::plan(args, dispatch_common::message::now_ms())?;
+            let operator = operator(&data_dir, cli.master_fingerprint)?;
+            crate::jobs_cmd::run(&cli.master, operator, plan).await
+        }
+        Command::Events(args) => {
+            let plan = crate::events_cmd::plan(args)?;
+            let operator = operator(&data_dir, cli.master_fingerprint)?;
+            crate::events_cmd::run(&cli.master, operator, plan).await
+        }
     }
 }
 
@@ -339,7 +461,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// dir, the personal pin file (written on first use with the embedded broker).
 fn operator(data_dir: &DataDir, fingerprint: Option<Fingerprint>) -> anyhow::Result<Operator> {
     let local = data_dir.operator_key();
-    let master_on_host = KeyPair::load(&data_dir.master_key()).ok().map(|k| k.public());
+    let master_on_host = KeyPair::load(&data_dir.master_key())
+        .ok()
+        .map(|k| k.public());
     let pin = personal_master_pin()
         .context("cannot find a home for the operator key: set HOME or XDG_CONFIG_HOME")?;
     let master = match (fingerprint, master_on_host) {

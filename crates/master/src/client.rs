@@ -3,7 +3,6 @@
 
 use dispatch_common::envelope::{Envelope, domain};
 use dispatch_common::keys::{Fingerprint, KeyPair, PublicKey};
-use std::path::{Path, PathBuf};
 use dispatch_common::names::MASTER_RPC_QUEUE;
 use dispatch_common::rpc::{Request, RequestBody, Response, ResponseBody, Role};
 use dispatch_common::sasl::SaslClient;
@@ -11,6 +10,7 @@ use futures_lite::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, Consumer};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// How long the CLI waits to connect, and then for each answer.
@@ -42,7 +42,10 @@ fn refusal_text(error: &lapin::Error) -> String {
 fn read_pin(path: &Path) -> Result<Option<PublicKey>, String> {
     match std::fs::read_to_string(path) {
         Ok(text) => PublicKey::from_hex(&text).map(Some).ok_or_else(|| {
-            format!("{} does not hold a public key; remove it to pin again", path.display())
+            format!(
+                "{} does not hold a public key; remove it to pin again",
+                path.display()
+            )
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("reading {}: {e}", path.display())),
@@ -247,6 +250,18 @@ impl MasterClient {
         envelope
             .open(domain::RPC_RESPONSE, &self.master_key)
             .map_err(|e| ClientError::BadAnswer(e.to_string()))
+    }
+
+    /// The channel of this connection, for verbs that use the broker directly
+    /// (`dispatch events` binds its own queue to the events exchange).
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// The master's key, as this client verified it: what the master's own events
+    /// are signed with.
+    pub fn master_key(&self) -> &PublicKey {
+        &self.master_key
     }
 
     /// Closes the connection politely.

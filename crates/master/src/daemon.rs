@@ -8,27 +8,31 @@
 //! login. Shutdown closes the AMQP connection, then the broker (320 to its clients).
 
 use crate::authority::{Accepted, RegistryAuthority, SharedRegistry};
+use crate::history::{History, PRUNE_EVERY};
 use crate::jobs::Jobs;
 use crate::layout::{DataDir, LOCAL_OPERATOR_ID, MASTER_ID};
 use crate::presence::PresenceBook;
 use crate::registry::{AutoAccept, Registry};
 use crate::rpc::{Responder, RpcServer};
+use crate::schedule::SystemClock;
+use crate::scheduler::Scheduler;
 use crate::store::JobStore;
 use crate::{results, topology};
 use anyhow::Context;
 use dispatch_broker::{Broker, BrokerConfig, User};
 use dispatch_common::keys::{Fingerprint, KeyPair};
-use dispatch_common::names::{MASTER_RPC_QUEUE, RESULTS_QUEUE};
+use dispatch_common::names::{EXPIRED_QUEUE, MASTER_RPC_QUEUE, RESULTS_QUEUE};
 use dispatch_common::rpc::Role;
 use dispatch_common::sasl::SaslClient;
 use futures_lite::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -45,9 +49,10 @@ pub struct MasterConfig {
     pub auto_accept: AutoAccept,
     /// PLAIN/AMQPLAIN users of the embedded broker, for standard AMQP clients.
     pub plain_users: Vec<User>,
+    /// How long jobs and their returns are kept.
+    pub keep_jobs: Duration,
 }
 
-/// Runs the master until `shutdown` completes.
 /// What a started master tells whoever started it.
 #[derive(Debug, Clone)]
 pub struct Ready {
@@ -118,6 +123,7 @@ pub async fn run(
         registry,
         accepted,
         broker,
+        keep_jobs: config.keep_jobs,
     };
     let served = serve(&parts, dir, &tasks, shutdown, ready).await;
     stop.cancel();
@@ -135,6 +141,7 @@ struct Parts {
     accepted: Arc<Accepted>,
     /// The embedded broker, when there is one.
     broker: Option<Arc<Broker>>,
+    keep_jobs: Duration,
 }
 
 /// Connects to the broker, declares the topology, prints the ready line and serves
@@ -152,6 +159,7 @@ async fn serve(
         registry,
         accepted,
         broker,
+        keep_jobs,
     } = parts;
     let store = Arc::new(JobStore::open(&dir.jobs())?);
     let sasl = SaslClient::new(master.clone(), MASTER_ID, Role::Operator, &[]);
@@ -173,15 +181,16 @@ async fn serve(
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let presence = Arc::new(PresenceBook::default());
+    let responder = Arc::new(Responder {
+        master: master.clone(),
+        channel: connection.create_channel().await?,
+    });
+    let history = History::new(store, responder);
     let jobs = Jobs::new(
         master.clone(),
         registry.clone(),
-        store,
         presence.clone(),
-        Responder {
-            master: master.clone(),
-            channel: connection.create_channel().await?,
-        },
+        history.clone(),
         publisher,
         connection.create_channel().await?,
         connection.clone(),
@@ -196,12 +205,15 @@ async fn serve(
         fingerprint: master.public().fingerprint(),
     });
 
+    let scheduler = Scheduler::open(jobs.clone(), history.clone(), Arc::new(SystemClock))?;
     let loops = CancellationToken::new();
+    tasks.spawn(scheduler.clone().run(loops.clone()));
     let server = Arc::new(RpcServer {
         registry: registry.clone(),
         seen: Default::default(),
         channel: rpc.0.clone(),
         jobs: jobs.clone(),
+        scheduler: scheduler.clone(),
         broker: broker.clone(),
     });
     tasks.spawn(consume_loop("rpc", rpc.1, loops.clone(), move |delivery| {
@@ -235,12 +247,38 @@ async fn serve(
         accepted.clone(),
         loops.clone(),
     ));
+    tasks.spawn(prune_loop(history, *keep_jobs, loops.clone()));
+    let expired = consume(&connection, EXPIRED_QUEUE).await?;
+    let expired_channel = expired.0.clone();
+    tasks.spawn(consume_loop(
+        "expired",
+        expired.1,
+        loops.clone(),
+        move |delivery| {
+            tracing::debug!(
+                bytes = delivery.data.len(),
+                "an expired command was dead-lettered"
+            );
+            let channel = expired_channel.clone();
+            async move {
+                channel
+                    .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
+                    .await
+            }
+        },
+    ));
 
-    tokio::select! {
-        () = shutdown => tracing::info!("shutting down"),
-        () = loops.cancelled() => tracing::error!("lost the broker connection"),
-    }
+    let lost = tokio::select! {
+        () = shutdown => false,
+        () = loops.cancelled() => true,
+    };
     loops.cancel();
+    if lost {
+        anyhow::bail!(
+            "lost the connection to the broker at {url}; stopping so a supervisor restarts the master"
+        );
+    }
+    tracing::info!("shutting down");
     let _ = connection.close(200, "master shutting down".into()).await;
     Ok(())
 }
@@ -292,6 +330,17 @@ async fn consume_loop<F, Fut>(
         }
     }
     stop.cancel();
+}
+
+/// Prunes old jobs at start and then every [`PRUNE_EVERY`].
+async fn prune_loop(history: Arc<History>, keep: Duration, stop: CancellationToken) {
+    loop {
+        history.prune(keep).await;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
+    }
 }
 
 async fn declare_loop(channel: Channel, accepted: Arc<Accepted>, stop: CancellationToken) {

@@ -15,6 +15,7 @@
 //! summary, and the job goes on without it: late returns are still recorded.
 
 use crate::authority::SharedRegistry;
+use crate::history::History;
 use crate::layout::MASTER_ID;
 use crate::presence::PresenceBook;
 use crate::rpc::{Caller, Responder};
@@ -24,7 +25,8 @@ use dispatch_common::envelope::{Envelope, domain};
 use dispatch_common::keys::KeyPair;
 use dispatch_common::message::{Command, Reply, now_ms};
 use dispatch_common::names::{
-    ALL_BINDING, COMMANDS_EXCHANGE, RESULTS_QUEUE, group_binding, minion_binding,
+    ALL_BINDING, COMMANDS_EXCHANGE, EVENTS_EXCHANGE, RESULTS_QUEUE, group_binding,
+    job_new_event_key, minion_binding,
 };
 use dispatch_common::rpc::{JobStarted, JobSummary, MinionInfo, ResponseBody, Role, RunSpec};
 use dispatch_common::target::Target;
@@ -74,7 +76,8 @@ pub struct Jobs {
     pub registry: SharedRegistry,
     pub store: Arc<JobStore>,
     pub presence: Arc<PresenceBook>,
-    pub responder: Responder,
+    pub responder: Arc<Responder>,
+    pub history: Arc<History>,
     /// Publishes commands, in confirm mode.
     pub publisher: Channel,
     /// Asks the broker who is connected; reopened after a failed passive declare.
@@ -84,16 +87,28 @@ pub struct Jobs {
 }
 
 /// Why a run could not start; sent to the caller as an error.
-type Refusal = String;
+pub type Refusal = String;
+
+/// The `origin` of jobs started with `dispatch run`.
+pub const ORIGIN_CLI: &str = "cli";
+
+/// Who started a job, and from where.
+#[derive(Debug, Clone)]
+pub struct Submitter {
+    /// The operator's id, or `schedule`.
+    pub by: String,
+    /// [`ORIGIN_CLI`] or the schedule's name.
+    pub origin: String,
+    /// The nonce of the request that asked for it, when one did.
+    pub request_nonce: Option<[u8; 16]>,
+}
 
 impl Jobs {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         master: KeyPair,
         registry: SharedRegistry,
-        store: Arc<JobStore>,
         presence: Arc<PresenceBook>,
-        responder: Responder,
+        history: Arc<History>,
         publisher: Channel,
         probe: Channel,
         connection: Arc<Connection>,
@@ -101,9 +116,10 @@ impl Jobs {
         Arc::new(Self {
             master,
             registry,
-            store,
+            store: history.store.clone(),
             presence,
-            responder,
+            responder: history.responder.clone(),
+            history,
             publisher,
             probe: tokio::sync::Mutex::new(probe),
             connection,
@@ -117,19 +133,33 @@ impl Jobs {
 
     /// Starts a run for `operator`; every answer goes to `caller`.
     pub async fn submit(self: &Arc<Self>, operator: &str, spec: RunSpec, caller: Caller) {
-        let answer = match self.start(operator, spec, &caller).await {
-            Ok(()) => return,
-            Err(refusal) => ResponseBody::Error(refusal),
+        let submitter = Submitter {
+            by: operator.to_owned(),
+            origin: ORIGIN_CLI.to_owned(),
+            request_nonce: Some(caller.nonce),
         };
-        self.responder.send(&caller, answer).await;
+        if let Err(refusal) = self.start(submitter, spec, Some(&caller)).await {
+            self.responder
+                .send(&caller, ResponseBody::Error(refusal))
+                .await;
+        }
+    }
+
+    /// Starts a run that nobody waits for (a schedule's firing).
+    pub async fn launch(
+        self: &Arc<Self>,
+        submitter: Submitter,
+        spec: RunSpec,
+    ) -> Result<JobStarted, Refusal> {
+        self.start(submitter, spec, None).await
     }
 
     async fn start(
         self: &Arc<Self>,
-        operator: &str,
+        submitter: Submitter,
         spec: RunSpec,
-        caller: &Caller,
-    ) -> Result<(), Refusal> {
+        caller: Option<&Caller>,
+    ) -> Result<JobStarted, Refusal> {
         check(&spec)?;
         let expected = self.resolve(&spec.target);
         if expected.is_empty() {
@@ -159,16 +189,17 @@ impl Jobs {
         let job_id = command.job_id;
         let record = JobRecord {
             id: job_id,
-            submitted_by: operator.to_owned(),
+            submitted_by: submitter.by.clone(),
             submitted_at_ms: now,
-            origin: "cli".into(),
+            origin: submitter.origin.clone(),
             target: spec.target.clone(),
             expected: expected.clone(),
+            offline: offline.iter().cloned().collect(),
             exec: spec.exec.clone(),
             wait_ms: spec.wait_ms,
             ttl_ms: spec.ttl_ms,
             expires_at_ms: command.expires_at_ms,
-            request_nonce: Some(caller.nonce),
+            request_nonce: submitter.request_nonce,
         };
         let store = self.store.clone();
         let recorded = tokio::task::spawn_blocking(move || store.insert_job(&record))
@@ -200,16 +231,19 @@ impl Jobs {
         let whole_target = spec.batch.is_none();
         self.publish(&bytes, ttl, &spec.target, &now_targets, whole_target)
             .await?;
-        tracing::info!(%job_id, %operator, target = %spec.target, expected = expected.len(), offline = offline.len(), "job published");
+        tracing::info!(%job_id, by = %submitter.by, origin = %submitter.origin, target = %spec.target, expected = expected.len(), offline = offline.len(), "job published");
 
         let started = JobStarted {
             job_id,
             expected: expected.clone(),
             offline: offline.iter().cloned().collect(),
         };
-        self.responder
-            .send(caller, ResponseBody::Started(started))
-            .await;
+        self.announce(&started).await;
+        if let Some(caller) = caller {
+            self.responder
+                .send(caller, ResponseBody::Started(started.clone()))
+                .await;
+        }
         let in_flight = match spec.batch {
             Some(_) => now_targets
                 .iter()
@@ -219,7 +253,7 @@ impl Jobs {
             None => BTreeSet::new(),
         };
         let active = Active {
-            caller: (!spec.detach).then(|| caller.clone()),
+            caller: caller.filter(|_| !spec.detach).cloned(),
             waiting: online.iter().cloned().collect(),
             offline,
             queue,
@@ -227,9 +261,9 @@ impl Jobs {
             command: bytes,
             ttl,
         };
-        let nobody_to_wait_for = active.waiting.is_empty();
+        let nobody_to_wait_for = active.waiting.is_empty() || active.caller.is_none();
         self.active().insert(job_id, active);
-        if spec.detach || nobody_to_wait_for {
+        if nobody_to_wait_for {
             self.end_wait(job_id).await;
         } else {
             let jobs = self.clone();
@@ -238,7 +272,26 @@ impl Jobs {
                 jobs.end_wait(job_id).await;
             });
         }
-        Ok(())
+        Ok(started)
+    }
+
+    /// Raises the `job.<jid>` event for watchers, signed by the master.
+    async fn announce(&self, started: &JobStarted) {
+        let bytes = Envelope::seal(domain::EVENT, &self.master, MASTER_ID, started);
+        let published = self
+            .responder
+            .channel
+            .basic_publish(
+                EVENTS_EXCHANGE.into(),
+                job_new_event_key(&started.job_id).into(),
+                BasicPublishOptions::default(),
+                &bytes,
+                BasicProperties::default(),
+            )
+            .await;
+        if let Err(e) = published {
+            tracing::warn!(job = %started.job_id, "raising the job event: {e}");
+        }
     }
 
     /// The accepted minions `target` names, sorted.
@@ -345,7 +398,7 @@ impl Jobs {
             tokio::task::spawn_blocking(move || store.insert_return(&reply, now_ms())).await
         };
         match recorded {
-            Ok(Ok(true)) => {}
+            Ok(Ok(true)) => self.history.returned(reply.job_id).await,
             Ok(Ok(false)) => {
                 tracing::debug!(job = %reply.job_id, minion = %reply.minion, "not a first return of a known job");
                 return;

@@ -19,6 +19,8 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/dispatch";
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:5672";
 /// The master's URL for the CLI when `--master` is not given.
 pub const DEFAULT_MASTER_URL: &str = "amqp://127.0.0.1:5672";
+/// How long jobs are kept when `--keep-jobs` is not given.
+pub const DEFAULT_KEEP_JOBS: &str = "7d";
 /// The id the master signs as and connects to its broker with.
 pub const MASTER_ID: &str = "master";
 /// The id of the local operator key in the master's data dir.

@@ -7,17 +7,25 @@
 //! - [`topology`]: the exchanges and queues the master owns;
 //! - [`rpc`]: the signed request/response API; [`results`]: verifying minion replies;
 //! - [`jobs`]: resolving, publishing and following runs; [`store`]: the SQLite job
-//!   store; [`presence`]: the minions' announcements;
+//!   store; [`history`]: job lookups, listings, `--wait` and retention;
+//!   [`presence`]: the minions' announcements;
+//! - [`schedule`]: cron schedules and the pure firing decision; [`scheduler`]: the task
+//!   that fires them;
 //! - [`client`]: the CLI's side of the RPC API; [`key_cmd`]: `dispatch key …`;
 //!   [`run_cmd`]: `dispatch run` (plan, submit, render returns); [`minions_cmd`]:
-//!   `dispatch minions`; [`render`]: tables and times for people;
+//!   `dispatch minions`; [`job_cmd`]: `dispatch job`; [`jobs_cmd`]: `dispatch jobs`;
+//!   [`events_cmd`]: `dispatch events`; [`render`]: tables and times for people;
 //! - [`layout`]: the data dir and every default.
 
 pub mod authority;
 pub mod cli;
 pub mod client;
 pub mod daemon;
+pub mod events_cmd;
+pub mod history;
+pub mod job_cmd;
 pub mod jobs;
+pub mod jobs_cmd;
 pub mod key_cmd;
 pub mod layout;
 pub mod minions_cmd;
@@ -27,5 +35,7 @@ pub mod render;
 pub mod results;
 pub mod rpc;
 pub mod run_cmd;
+pub mod schedule;
+pub mod scheduler;
 pub mod store;
 pub mod topology;

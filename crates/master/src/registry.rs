@@ -417,7 +417,9 @@ fn pending_text(id: &str, role: Role) -> String {
         Role::Minion => "minion",
         Role::Operator => "operator",
     };
-    format!("{role} key of '{id}' is pending: compare fingerprints, then `dispatch key accept {id}`")
+    format!(
+        "{role} key of '{id}' is pending: compare fingerprints, then `dispatch key accept {id}`"
+    )
 }
 
 fn denied_text(id: &str) -> String {
@@ -495,7 +497,9 @@ mod tests {
         assert_eq!(admission, Admission::Admitted(Role::Minion));
         assert_eq!(reg.accepted("web.01").unwrap().groups, groups);
         let (changed, _) = reg.admit("web.01", Role::Minion, &key, &[]).unwrap();
-        assert!(matches!(changed, Admission::Refused(t) if t.contains("dispatch key delete web.01")));
+        assert!(
+            matches!(changed, Admission::Refused(t) if t.contains("dispatch key delete web.01"))
+        );
     }
 
     #[test]
@@ -503,15 +507,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut reg = open(dir.path());
         for (id, role) in [("web.01", Role::Minion), ("web.02", Role::Operator)] {
-            reg.admit(id, role, &KeyPair::generate().public(), &[]).unwrap();
+            reg.admit(id, role, &KeyPair::generate().public(), &[])
+                .unwrap();
         }
-        let err = reg.accept(&["web.01".into(), "typo".into()], false).unwrap_err();
+        let err = reg
+            .accept(&["web.01".into(), "typo".into()], false)
+            .unwrap_err();
         assert!(err.to_string().contains("typo"));
-        assert!(reg.accepted("web.01").is_none(), "nothing changes when one id is bad");
+        assert!(
+            reg.accepted("web.01").is_none(),
+            "nothing changes when one id is bad"
+        );
         let accepted = reg.accept(&[], true).unwrap();
         assert_eq!(accepted.len(), 1);
         assert_eq!(accepted[0].id, "web.01");
-        assert!(reg.accepted("web.02").is_none(), "operators are accepted by name only");
+        assert!(
+            reg.accepted("web.02").is_none(),
+            "operators are accepted by name only"
+        );
     }
 
     #[test]
@@ -564,7 +577,10 @@ mod tests {
         let auto = AutoAccept::Fingerprints(vec![good.fingerprint()]);
         let mut reg = Registry::open(dir.path(), auto).unwrap();
         let (operator, _) = reg.admit("op", Role::Operator, &good, &[]).unwrap();
-        assert!(matches!(operator, Admission::Refused(_)), "operators are never auto-accepted");
+        assert!(
+            matches!(operator, Admission::Refused(_)),
+            "operators are never auto-accepted"
+        );
         let (admission, accepted) = reg.admit("a", Role::Minion, &good, &[]).unwrap();
         assert_eq!(admission, Admission::Admitted(Role::Minion));
         assert!(accepted.is_some());

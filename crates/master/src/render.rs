@@ -1,7 +1,8 @@
-//! Printing helpers shared by the CLI verbs: aligned tables and times.
+//! Printing helpers shared by the CLI verbs: aligned tables, times and state counts.
 //!
 //! Verbs build their rows as strings and hand them here; nothing in this module does I/O.
 
+use dispatch_common::rpc::MinionState;
 use std::time::{Duration, UNIX_EPOCH};
 
 /// `rows` under `header` as an aligned table: columns two spaces apart, each line
@@ -57,6 +58,27 @@ pub fn duration(duration: Duration) -> String {
     humantime::format_duration(duration).to_string()
 }
 
+/// How many minions are in each state, in [`MinionState::ALL`] order, states with none
+/// left out: `2 succeeded, 1 queued`; `-` when there are none at all.
+pub fn state_counts(counts: &[(MinionState, u32)]) -> String {
+    let parts: Vec<String> = MinionState::ALL
+        .iter()
+        .filter_map(|state| {
+            let n: u32 = counts
+                .iter()
+                .filter(|(s, _)| s == state)
+                .map(|(_, n)| n)
+                .sum();
+            (n > 0).then(|| format!("{n} {}", state.as_str()))
+        })
+        .collect();
+    if parts.is_empty() {
+        "-".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +107,17 @@ mod tests {
         assert_eq!(ago(5_000, 1_000), "just now");
         assert_eq!(ago(0, 12_500), "12s ago");
         assert_eq!(ago(0, 3_780_000), "1h 3m ago");
+    }
+
+    #[test]
+    fn state_counts_follow_the_state_order_and_skip_zeros() {
+        let counts = [
+            (MinionState::Queued, 1),
+            (MinionState::Succeeded, 2),
+            (MinionState::Failed, 0),
+        ];
+        assert_eq!(state_counts(&counts), "2 succeeded, 1 queued");
+        assert_eq!(state_counts(&[]), "-");
     }
 
     #[test]

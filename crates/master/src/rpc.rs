@@ -9,8 +9,9 @@
 
 use crate::authority::SharedRegistry;
 use crate::jobs::Jobs;
-use crate::registry::KeyRecord;
 use crate::layout::MASTER_ID;
+use crate::registry::KeyRecord;
+use crate::scheduler::{ScheduleRequest, Scheduler};
 use crate::topology;
 use dispatch_common::envelope::{Envelope, domain};
 use dispatch_common::keys::KeyPair;
@@ -143,6 +144,7 @@ pub struct RpcServer {
     /// Acks requests and declares queues.
     pub channel: Channel,
     pub jobs: Arc<Jobs>,
+    pub scheduler: Arc<Scheduler>,
     /// The embedded broker, to close the connections of revoked keys.
     pub broker: Option<Arc<dispatch_broker::Broker>>,
 }
@@ -165,6 +167,21 @@ impl RpcServer {
                     RequestBody::Run(spec) => {
                         let jobs = self.jobs.clone();
                         tokio::spawn(async move { jobs.submit(&operator, spec, caller).await });
+                    }
+                    RequestBody::AddSchedule(_)
+                    | RequestBody::Schedules { .. }
+                    | RequestBody::RemoveSchedule { .. }
+                    | RequestBody::PauseSchedule { .. }
+                    | RequestBody::ResumeSchedule { .. }
+                    | RequestBody::RunSchedule { .. } => {
+                        let request = schedule_request(request.body);
+                        let scheduler = self.scheduler.clone();
+                        tokio::spawn(async move { scheduler.answer(request, &caller).await });
+                    }
+                    RequestBody::Job { id, wait_ms } => {
+                        let history = self.jobs.history.clone();
+                        let wait = wait_ms.map(Duration::from_millis);
+                        tokio::spawn(async move { history.answer_job(id, wait, caller).await });
                     }
                     body => {
                         let answer = self.answer(body).await;
@@ -194,7 +211,9 @@ impl RpcServer {
             RequestBody::AcceptKeys { ids, all } => {
                 let accepted = self.registry.lock().accept(&ids, all);
                 match accepted {
-                    Ok(records) if records.is_empty() => ResponseBody::Done(vec!["no pending minion keys".into()]),
+                    Ok(records) if records.is_empty() => {
+                        ResponseBody::Done(vec!["no pending minion keys".into()])
+                    }
                     Ok(records) => self.declare_accepted(records).await,
                     Err(e) => ResponseBody::Error(e.to_string()),
                 }
@@ -213,7 +232,7 @@ impl RpcServer {
                 }
             }
             RequestBody::Minions => ResponseBody::Minions(self.jobs.minions().await),
-            RequestBody::Run(_) => unreachable!("runs are handed to the job engine"),
+            RequestBody::Jobs(query) => self.jobs.history.list(query).await,
             RequestBody::DeleteKey { id } => {
                 let deleted = self.registry.lock().delete(&id);
                 match deleted {
@@ -224,6 +243,7 @@ impl RpcServer {
                     Err(e) => ResponseBody::Error(e.to_string()),
                 }
             }
+            _ => unreachable!("runs, job lookups and schedules are answered by their own tasks"),
         }
     }
 
@@ -263,10 +283,7 @@ impl RpcServer {
     /// Deletes the queue of a rejected or deleted minion and closes its connections.
     async fn forget(&self, id: &str) {
         if let Some(broker) = &self.broker {
-            let closed = broker.close_connections_of(id, "the key was rejected or deleted");
-            if closed > 0 {
-                tracing::info!(%id, closed, "closed the connections of a revoked key");
-            }
+            broker.close_connections_of(id, "the key was rejected or deleted");
         }
         let deleted = match self.jobs.connection.create_channel().await {
             Ok(channel) => topology::delete_minion(&channel, id).await,
@@ -275,6 +292,19 @@ impl RpcServer {
         if let Err(e) = deleted {
             tracing::warn!(%id, "could not delete the minion's queue: {e}");
         }
+    }
+}
+
+/// The scheduler's form of a schedule request.
+fn schedule_request(body: RequestBody) -> ScheduleRequest {
+    match body {
+        RequestBody::AddSchedule(spec) => ScheduleRequest::Add(Box::new(spec)),
+        RequestBody::Schedules { name } => ScheduleRequest::List(name),
+        RequestBody::RemoveSchedule { name } => ScheduleRequest::Remove(name),
+        RequestBody::PauseSchedule { name } => ScheduleRequest::Pause(name),
+        RequestBody::ResumeSchedule { name } => ScheduleRequest::Resume(name),
+        RequestBody::RunSchedule { name } => ScheduleRequest::RunNow(name),
+        other => unreachable!("not a schedule request: {other:?}"),
     }
 }
 

@@ -486,12 +486,13 @@ pub fn exit_code_for(replies: &[Reply], missing: &Missing) -> u8 {
 }
 
 /// One minion's line of `--out json` (an item of `--out yaml`); the fields are
-/// documented in the module doc and never renamed.
+/// documented in the module doc and never renamed. `dispatch job` and `dispatch events`
+/// print the same object with their own `status` names ([`with_status`](Self::with_status)).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct MinionRecord {
+pub struct MinionRecord<S = Status> {
     pub minion: String,
     pub job_id: Uuid,
-    pub status: Status,
+    pub status: S,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub stdout: String,
@@ -535,9 +536,11 @@ impl MinionRecord {
         }
         record
     }
+}
 
+impl<S> MinionRecord<S> {
     /// The record of a minion with no return (or a return without output).
-    pub fn not_returned(minion: &str, job_id: Uuid, status: Status) -> Self {
+    pub fn not_returned(minion: &str, job_id: Uuid, status: S) -> Self {
         Self {
             minion: minion.to_owned(),
             job_id,
@@ -556,6 +559,28 @@ impl MinionRecord {
             reason: None,
         }
     }
+
+    /// The same record with another `status` (e.g. a job's
+    /// [`MinionState`](dispatch_common::rpc::MinionState)).
+    pub fn with_status<T>(self, status: T) -> MinionRecord<T> {
+        MinionRecord {
+            minion: self.minion,
+            job_id: self.job_id,
+            status,
+            exit_code: self.exit_code,
+            signal: self.signal,
+            stdout: self.stdout,
+            stdout_lossy: self.stdout_lossy,
+            stdout_truncated: self.stdout_truncated,
+            stderr: self.stderr,
+            stderr_lossy: self.stderr_lossy,
+            stderr_truncated: self.stderr_truncated,
+            duration_ms: self.duration_ms,
+            exec_timed_out: self.exec_timed_out,
+            error: self.error,
+            reason: self.reason,
+        }
+    }
 }
 
 /// Captured bytes as text, and whether invalid UTF-8 had to be replaced.
@@ -567,8 +592,14 @@ fn utf8(bytes: &[u8]) -> (Cow<'_, str>, bool) {
 
 /// One return as the text output shows it (see the module doc).
 pub fn text_block(reply: &Reply) -> String {
-    let mut block = format!("{}:\n", reply.minion);
-    match &reply.outcome {
+    format!("{}:\n{}", reply.minion, outcome_text(&reply.outcome))
+}
+
+/// The lines of [`text_block`] under the minion's id: output indented by four spaces,
+/// remarks in brackets indented by two.
+pub fn outcome_text(outcome: &Outcome) -> String {
+    let mut block = String::new();
+    match outcome {
         Outcome::Refused { reason } => remark(&mut block, &format!("refused: {reason}")),
         Outcome::Interrupted => remark(
             &mut block,
@@ -610,7 +641,7 @@ fn remark(block: &mut String, text: &str) {
 }
 
 /// Why a finished command failed, in a few words; `None` when it succeeded.
-fn failure(result: &dispatch_common::message::ExecResult) -> Option<String> {
+pub fn failure(result: &dispatch_common::message::ExecResult) -> Option<String> {
     if let Some(error) = &result.error {
         Some(format!("error: {error}"))
     } else if result.timed_out {

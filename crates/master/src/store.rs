@@ -12,8 +12,14 @@
 //! records the nonce of the request that made it, so a request redelivered after a
 //! master crash cannot publish the job twice.
 //!
+//! Schedules live in their own table, one msgpack-encoded [`Schedule`] per name.
+//!
+//! Job ids are stored as 32 lowercase hex digits, and reversed beside, so a lookup by
+//! prefix or by suffix is an index range scan whatever the number of jobs.
+//!
 //! Every method blocks on SQLite; async callers go through `spawn_blocking`.
 
+use crate::schedule::Schedule;
 use dispatch_common::message::{Exec, Outcome, Reply};
 use dispatch_common::target::Target;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -22,14 +28,17 @@ use std::sync::Mutex;
 use uuid::Uuid;
 
 /// Schema migrations, in order; entry `n` brings `user_version` from `n` to `n + 1`.
-const MIGRATIONS: &[&str] = &["CREATE TABLE jobs (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE jobs (
         id TEXT PRIMARY KEY,
+        reversed_id TEXT NOT NULL,
         submitted_by TEXT NOT NULL,
         submitted_at_ms INTEGER NOT NULL,
         origin TEXT NOT NULL,
         target TEXT NOT NULL,
         target_spec BLOB NOT NULL,
         expected TEXT NOT NULL,
+        offline TEXT NOT NULL,
         exec BLOB NOT NULL,
         wait_ms INTEGER NOT NULL,
         ttl_ms INTEGER NOT NULL,
@@ -37,6 +46,7 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE jobs (
         request_nonce BLOB UNIQUE
     );
     CREATE INDEX jobs_by_time ON jobs (submitted_at_ms);
+    CREATE INDEX jobs_by_suffix ON jobs (reversed_id);
     CREATE TABLE returns (
         job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
         minion TEXT NOT NULL,
@@ -44,7 +54,12 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE jobs (
         kind TEXT NOT NULL,
         outcome BLOB NOT NULL,
         PRIMARY KEY (job_id, minion)
-    );"];
+    );",
+    "CREATE TABLE schedules (
+        name TEXT PRIMARY KEY,
+        schedule BLOB NOT NULL
+    );",
+];
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +89,8 @@ pub struct JobRecord {
     pub origin: String,
     pub target: Target,
     pub expected: Vec<String>,
+    /// Expected minions that were not connected when the job was published.
+    pub offline: Vec<String>,
     pub exec: Exec,
     pub wait_ms: u64,
     pub ttl_ms: u64,
@@ -129,18 +146,20 @@ impl JobStore {
     /// Records a new job; false if a job of the same request is already recorded.
     pub fn insert_job(&self, job: &JobRecord) -> Result<bool, StoreError> {
         let inserted = self.lock().execute(
-            "INSERT OR IGNORE INTO jobs (id, submitted_by, submitted_at_ms, origin, target,
-                               target_spec, expected, exec, wait_ms, ttl_ms, expires_at_ms,
-                               request_nonce)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            "INSERT OR IGNORE INTO jobs (id, reversed_id, submitted_by, submitted_at_ms, origin,
+                               target, target_spec, expected, offline, exec, wait_ms, ttl_ms,
+                               expires_at_ms, request_nonce)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
-                job.id.to_string(),
+                hex_id(&job.id),
+                reversed(&hex_id(&job.id)),
                 job.submitted_by,
                 job.submitted_at_ms as i64,
                 job.origin,
                 job.target.to_string(),
                 encode(&job.target),
                 job.expected.join(","),
+                job.offline.join(","),
                 encode(&job.exec),
                 job.wait_ms as i64,
                 job.ttl_ms as i64,
@@ -162,7 +181,7 @@ impl JobStore {
                     outcome = excluded.outcome
                 WHERE returns.kind = 'refused' AND excluded.kind != 'refused'",
             params![
-                reply.job_id.to_string(),
+                hex_id(&reply.job_id),
                 reply.minion,
                 arrived_at_ms as i64,
                 outcome_kind(&reply.outcome),
@@ -175,57 +194,75 @@ impl JobStore {
     /// The job `id`, if recorded.
     pub fn job(&self, id: &Uuid) -> Result<Option<JobRecord>, StoreError> {
         let connection = self.lock();
-        let row = connection
-            .query_row(
-                "SELECT submitted_by, submitted_at_ms, origin, target_spec, expected, exec,
-                        wait_ms, ttl_ms, expires_at_ms
-                 FROM jobs WHERE id = ?1",
-                params![id.to_string()],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, Vec<u8>>(3)?,
-                        r.get::<_, String>(4)?,
-                        r.get::<_, Vec<u8>>(5)?,
-                        r.get::<_, i64>(6)?,
-                        r.get::<_, i64>(7)?,
-                        r.get::<_, i64>(8)?,
-                    ))
-                },
-            )
+        let mut statement = connection.prepare_cached(&format!("{SELECT_JOB} WHERE id = ?1"))?;
+        let row = statement
+            .query_row(params![hex_id(id)], read_job)
             .optional()?;
-        let Some((by, at, origin, target, expected, exec, wait, ttl, expires)) = row else {
-            return Ok(None);
-        };
-        Ok(Some(JobRecord {
-            id: *id,
-            submitted_by: by,
-            submitted_at_ms: at as u64,
-            origin,
-            target: decode(&target)?,
-            expected: expected
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect(),
-            exec: decode(&exec)?,
-            wait_ms: wait as u64,
-            ttl_ms: ttl as u64,
-            expires_at_ms: expires as u64,
-            request_nonce: None,
-        }))
+        row.map(JobRow::decode).transpose()
+    }
+
+    /// Ids of the jobs whose id starts or ends with `hex` (lowercase hex digits), at
+    /// most `limit`.
+    pub fn find_ids(&self, hex: &str, limit: usize) -> Result<Vec<Uuid>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare_cached(
+            "SELECT id FROM jobs WHERE id >= ?1 AND id < ?1 || 'g'
+             UNION SELECT id FROM jobs WHERE reversed_id >= ?2 AND reversed_id < ?2 || 'g'
+             LIMIT ?3",
+        )?;
+        let rows = statement.query_map(params![hex, reversed(hex), limit as i64], |r| {
+            r.get::<_, String>(0)
+        })?;
+        let mut ids = Vec::new();
+        for row in rows {
+            ids.push(Uuid::parse_str(&row?).map_err(|e| StoreError::Decode(e.to_string()))?);
+        }
+        Ok(ids)
+    }
+
+    /// Up to `limit` jobs submitted before `before_ms` (and at or after `since_ms`),
+    /// newest first: a page of the job history.
+    pub fn page(
+        &self,
+        before_ms: u64,
+        since_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare_cached(&format!(
+            "{SELECT_JOB} WHERE submitted_at_ms < ?1 AND submitted_at_ms >= ?2
+             ORDER BY submitted_at_ms DESC, id DESC LIMIT ?3"
+        ))?;
+        let rows = statement.query_map(
+            params![before_ms as i64, since_ms as i64, limit as i64],
+            read_job,
+        )?;
+        let mut jobs = Vec::new();
+        for row in rows {
+            jobs.push(row?.decode()?);
+        }
+        Ok(jobs)
+    }
+
+    /// Deletes up to `batch` jobs (and their returns) submitted before `before_ms`;
+    /// returns how many went.
+    pub fn prune(&self, before_ms: u64, batch: usize) -> Result<usize, StoreError> {
+        let deleted = self.lock().execute(
+            "DELETE FROM jobs WHERE id IN (
+                SELECT id FROM jobs WHERE submitted_at_ms < ?1 LIMIT ?2)",
+            params![before_ms as i64, batch as i64],
+        )?;
+        Ok(deleted)
     }
 
     /// Every return of job `id`, in order of arrival.
     pub fn returns(&self, id: &Uuid) -> Result<Vec<ReturnRecord>, StoreError> {
         let connection = self.lock();
-        let mut statement = connection.prepare(
+        let mut statement = connection.prepare_cached(
             "SELECT minion, arrived_at_ms, outcome FROM returns
              WHERE job_id = ?1 ORDER BY arrived_at_ms, minion",
         )?;
-        let rows = statement.query_map(params![id.to_string()], |r| {
+        let rows = statement.query_map(params![hex_id(id)], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, i64>(1)?,
@@ -243,6 +280,108 @@ impl JobStore {
         }
         Ok(returns)
     }
+}
+
+impl JobStore {
+    /// Creates or replaces the schedule of that name.
+    pub fn put_schedule(&self, schedule: &Schedule) -> Result<(), StoreError> {
+        self.lock().execute(
+            "INSERT INTO schedules (name, schedule) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET schedule = excluded.schedule",
+            params![schedule.name, encode(schedule)],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes the schedule `name`; false if there was none.
+    pub fn delete_schedule(&self, name: &str) -> Result<bool, StoreError> {
+        let deleted = self
+            .lock()
+            .execute("DELETE FROM schedules WHERE name = ?1", params![name])?;
+        Ok(deleted == 1)
+    }
+
+    /// Every schedule, by name.
+    pub fn schedules(&self) -> Result<Vec<Schedule>, StoreError> {
+        let connection = self.lock();
+        let mut statement =
+            connection.prepare_cached("SELECT schedule FROM schedules ORDER BY name")?;
+        let rows = statement.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut schedules = Vec::new();
+        for row in rows {
+            schedules.push(decode(&row?)?);
+        }
+        Ok(schedules)
+    }
+}
+
+/// The columns [`read_job`] reads.
+const SELECT_JOB: &str = "SELECT id, submitted_by, submitted_at_ms, origin, target_spec, expected,
+    offline, exec, wait_ms, ttl_ms, expires_at_ms FROM jobs";
+
+/// A row of [`SELECT_JOB`], not yet decoded.
+struct JobRow {
+    id: String,
+    submitted_by: String,
+    submitted_at_ms: i64,
+    origin: String,
+    target: Vec<u8>,
+    expected: String,
+    offline: String,
+    exec: Vec<u8>,
+    wait_ms: i64,
+    ttl_ms: i64,
+    expires_at_ms: i64,
+}
+
+fn read_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+    Ok(JobRow {
+        id: r.get(0)?,
+        submitted_by: r.get(1)?,
+        submitted_at_ms: r.get(2)?,
+        origin: r.get(3)?,
+        target: r.get(4)?,
+        expected: r.get(5)?,
+        offline: r.get(6)?,
+        exec: r.get(7)?,
+        wait_ms: r.get(8)?,
+        ttl_ms: r.get(9)?,
+        expires_at_ms: r.get(10)?,
+    })
+}
+
+impl JobRow {
+    fn decode(self) -> Result<JobRecord, StoreError> {
+        let list = |text: &str| -> Vec<String> {
+            text.split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        Ok(JobRecord {
+            id: Uuid::parse_str(&self.id).map_err(|e| StoreError::Decode(e.to_string()))?,
+            submitted_by: self.submitted_by,
+            submitted_at_ms: self.submitted_at_ms as u64,
+            origin: self.origin,
+            target: decode(&self.target)?,
+            expected: list(&self.expected),
+            offline: list(&self.offline),
+            exec: decode(&self.exec)?,
+            wait_ms: self.wait_ms as u64,
+            ttl_ms: self.ttl_ms as u64,
+            expires_at_ms: self.expires_at_ms as u64,
+            request_nonce: None,
+        })
+    }
+}
+
+/// A job id as stored: 32 lowercase hex digits.
+fn hex_id(id: &Uuid) -> String {
+    id.simple().to_string()
+}
+
+fn reversed(text: &str) -> String {
+    text.chars().rev().collect()
 }
 
 /// The `kind` column of a return.
@@ -275,6 +414,7 @@ mod tests {
             origin: "cli".into(),
             target: Target::pattern("web.*").unwrap(),
             expected: vec!["web.01".into(), "web.02".into()],
+            offline: vec!["web.02".into()],
             exec: Exec {
                 argv: vec!["uptime".into()],
                 shell: false,
@@ -309,7 +449,10 @@ mod tests {
                 id: Uuid::now_v7(),
                 ..job.clone()
             };
-            assert!(!store.insert_job(&again).unwrap(), "same request, no second job");
+            assert!(
+                !store.insert_job(&again).unwrap(),
+                "same request, no second job"
+            );
             let refused = || Outcome::Refused {
                 reason: "replayed".into(),
             };
@@ -333,6 +476,42 @@ mod tests {
         let returns = store.returns(&job.id).unwrap();
         assert_eq!(returns.len(), 1);
         assert!(matches!(returns[0].outcome, Outcome::Finished(_)));
+    }
+
+    #[test]
+    fn jobs_are_found_by_prefix_or_suffix_listed_by_page_and_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JobStore::open(&dir.path().join("jobs.sqlite")).unwrap();
+        let mut jobs = Vec::new();
+        for n in 0..5u64 {
+            let job = JobRecord {
+                id: Uuid::now_v7(),
+                submitted_at_ms: 1000 + n,
+                request_nonce: None,
+                ..job()
+            };
+            store.insert_job(&job).unwrap();
+            jobs.push(job);
+        }
+        let hex = jobs[3].id.simple().to_string();
+        assert_eq!(store.find_ids(&hex[..], 10).unwrap(), [jobs[3].id]);
+        assert_eq!(store.find_ids(&hex[24..], 10).unwrap(), [jobs[3].id]);
+        assert_eq!(
+            store.find_ids(&hex[..8], 10).unwrap().len(),
+            5,
+            "same 8-digit time prefix"
+        );
+        let page: Vec<_> = store
+            .page(1004, 1001, 2)
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(page, [jobs[3].id, jobs[2].id]);
+        assert_eq!(store.prune(1002, 1).unwrap(), 1);
+        assert_eq!(store.prune(1002, 10).unwrap(), 1);
+        assert!(store.job(&jobs[0].id).unwrap().is_none());
+        assert!(store.job(&jobs[2].id).unwrap().is_some());
     }
 
     #[test]

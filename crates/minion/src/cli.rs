@@ -10,7 +10,7 @@
 
 use crate::config::{
     Config, DEFAULT_CONCURRENCY, DEFAULT_DATA_DIR, DEFAULT_MASTER, DEFAULT_MAX_OUTPUT,
-    DEFAULT_RECONNECT_MAX, DEFAULT_SKEW, MAX_MAX_OUTPUT, url_has_credentials,
+    DEFAULT_RECONNECT_MAX, DEFAULT_SKEW, MAX_MAX_OUTPUT,
 };
 use crate::daemon::{Minion, MinionError};
 use clap::Parser;
@@ -101,7 +101,7 @@ impl Args {
             .master_fingerprint
             .map(|text| Fingerprint::parse(&text).ok_or(ConfigError::Fingerprint(text)))
             .transpose()?;
-        let external_broker = url_has_credentials(&self.master);
+        let external_broker = dispatch_common::client::has_credentials(&self.master);
         if external_broker && master_fingerprint.is_none() {
             return Err(ConfigError::FingerprintRequired(crate::connector::redact(
                 &self.master,
@@ -178,7 +178,8 @@ pub fn main() -> ExitCode {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // The minion reports connection failures itself; lapin's own lines would repeat them.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=off"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

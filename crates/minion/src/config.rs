@@ -62,6 +62,13 @@ pub const MAX_JOURNAL_LINE: usize = 1024;
 /// Appends after which the journal is compacted while the minion runs.
 pub const JOURNAL_COMPACT_EVERY: u64 = 10_000;
 
+/// Longest reason in a `Refused` reply (AMQP reply texts stop at 255 bytes; logs and
+/// the master's summaries show it on one line).
+pub const MAX_REFUSAL_BYTES: usize = 150;
+/// Sessions in which one reply may fail to publish before it is set aside (logged as
+/// an error) so that the minion goes on consuming.
+pub const MAX_REPLY_ATTEMPTS: u32 = 5;
+
 /// The validated configuration of one minion.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -90,25 +97,5 @@ impl Config {
 
     pub fn journal_path(&self) -> PathBuf {
         self.data_dir.join(JOURNAL_FILE)
-    }
-}
-
-/// Whether an AMQP URL carries credentials (`amqp://user:pass@host/`).
-pub fn url_has_credentials(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = rest.split(['/', '?']).next().unwrap_or("");
-    authority.contains('@')
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn credentials_are_seen_only_in_the_authority() {
-        assert!(url_has_credentials("amqp://guest:guest@rabbit:5672/%2f"));
-        assert!(url_has_credentials("amqp://minion@rabbit"));
-        assert!(!url_has_credentials("amqp://127.0.0.1:5672"));
-        assert!(!url_has_credentials("amqp://host/vhost?x=a@b"));
     }
 }

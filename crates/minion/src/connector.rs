@@ -13,11 +13,8 @@ use crate::pin::Trust;
 use dispatch_common::keys::{KeyPair, PublicKey};
 use dispatch_common::rpc::Role;
 use dispatch_common::sasl::{BROKER_KEY_MISMATCH, SaslClient};
-use lapin::auth::AuthProvider;
-use lapin::types::{LongString, ShortString};
-use lapin::{Connection, ConnectionProperties};
+use lapin::Connection;
 use std::time::Duration;
-use tokio::sync::watch;
 
 /// Why a connection attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +32,6 @@ pub enum ConnectError {
     },
     #[error("cannot connect to {url}: {source}")]
     Lapin { url: String, source: lapin::Error },
-    #[error("cannot log in to {url}: {reason}")]
-    Auth { url: String, reason: String },
     #[error("cannot connect to {url}: no answer within {}", humantime::format_duration(*timeout))]
     TimedOut { url: String, timeout: Duration },
 }
@@ -61,28 +56,24 @@ pub async fn connect(
     trust: &Trust,
 ) -> Result<Connected, ConnectError> {
     let name = format!("dispatch-minion {}", config.id);
-    let properties = ConnectionProperties::default()
-        .with_connection_name(name.into())
-        .with_client_property("product".into(), dispatch_common::PRODUCT.into())
-        .with_client_property("version".into(), dispatch_common::VERSION.into());
     let url = redact(&config.master);
-    if config.external_broker {
-        let connection = attempt(&config.master, properties, &url).await?;
-        return Ok(Connected {
-            connection,
-            broker_key: None,
-        });
-    }
-    let expected = trust.expected_broker();
+    let expected = trust.expected_broker().filter(|_| !config.external_broker);
     let sasl = SaslClient::new(pair.clone(), &config.id, Role::Minion, &config.groups)
         .expect_broker(expected);
-    let (auth, mut auth_failed) = ReportingAuth::new(sasl.clone());
-    let result = tokio::select! {
-        result = attempt(&config.master, properties.with_auth_provider(auth), &url) => result,
-        // lapin logs an auth provider's refusal but does not end the connect: stop here.
-        Ok(()) = auth_failed.changed() => Err(ConnectError::Auth {
+    let result = match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        dispatch_common::client::connect(&config.master, sasl.clone(), &name),
+    )
+    .await
+    {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(source)) => Err(ConnectError::Lapin {
             url: url.clone(),
-            reason: auth_failed.borrow().clone().unwrap_or_default(),
+            source,
+        }),
+        Err(_) => Err(ConnectError::TimedOut {
+            url: url.clone(),
+            timeout: CONNECT_TIMEOUT,
         }),
     };
     let seen = sasl.seen_broker();
@@ -106,56 +97,6 @@ pub async fn connect(
         connection: result?,
         broker_key: seen,
     })
-}
-
-/// The SASL client, reporting its own refusals (e.g. an unexpected broker key) so the
-/// connection attempt can end at once.
-struct ReportingAuth {
-    inner: SaslClient,
-    failed: watch::Sender<Option<String>>,
-}
-
-impl ReportingAuth {
-    fn new(inner: SaslClient) -> (Self, watch::Receiver<Option<String>>) {
-        let (failed, rx) = watch::channel(None);
-        (Self { inner, failed }, rx)
-    }
-}
-
-impl AuthProvider for ReportingAuth {
-    fn mechanism(&self) -> ShortString {
-        self.inner.mechanism()
-    }
-
-    fn auth_starter(&self) -> Result<LongString, String> {
-        self.inner.auth_starter()
-    }
-
-    fn continue_auth(&self, challenge: LongString) -> Result<LongString, String> {
-        let answer = self.inner.continue_auth(challenge);
-        if let Err(reason) = &answer {
-            self.failed.send_replace(Some(reason.clone()));
-        }
-        answer
-    }
-}
-
-async fn attempt(
-    url: &str,
-    properties: ConnectionProperties,
-    shown: &str,
-) -> Result<Connection, ConnectError> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties)).await {
-        Ok(Ok(connection)) => Ok(connection),
-        Ok(Err(source)) => Err(ConnectError::Lapin {
-            url: shown.to_owned(),
-            source,
-        }),
-        Err(_) => Err(ConnectError::TimedOut {
-            url: shown.to_owned(),
-            timeout: CONNECT_TIMEOUT,
-        }),
-    }
 }
 
 /// The URL without its password, for logs.

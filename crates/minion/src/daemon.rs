@@ -4,21 +4,30 @@
 //! running jobs and the replies not yet sent. Data flows like this:
 //!
 //! 1. A delivery from the session's consumer is checked ([`crate::verify`]). A refused
-//!    command is answered `Refused` (when its job id is known) and acked.
+//!    command is answered `Refused` and acked; one not known to come from the master
+//!    (undecodable, or its signature does not verify) is only logged and acked, never
+//!    answered: a reply under the job id it claims would be a minion-signed refusal of
+//!    a real job, planted by whoever forged it.
 //! 2. An accepted command waits for a job slot (at most `--concurrency` run at once,
-//!    whatever a broker's prefetch does across reconnects), is written to the journal
-//!    (fsynced), and only then spawned as a job task ([`crate::exec`]).
+//!    whatever a broker's prefetch does across reconnects), has its expiry checked
+//!    again (it may have waited past it), is written to the journal (fsynced), and only
+//!    then spawned as a job task ([`crate::exec`]).
 //! 3. A job task sends its reply, with the delivery's acker, over a bounded channel to
 //!    whichever session is current; the session publishes it (waiting for the
 //!    confirm), marks the job finished in the journal, then acks the delivery. A reply
-//!    that cannot be sent waits in the outbox for the next session. Jobs run on across
+//!    that cannot be sent waits in the outbox for the next session, which sends it
+//!    first; one that failed in [`MAX_REPLY_ATTEMPTS`] sessions is set aside (an error
+//!    is logged), so that it cannot keep the minion from consuming. Jobs run on across
 //!    reconnects; a command redelivered meanwhile finds the journal and is not run again.
 //!
 //! On shutdown the consumer is cancelled, running jobs get [`SHUTDOWN_GRACE`] to finish
 //! (their replies are sent), the rest are killed and reported `Interrupted`, a `down`
 //! presence is published and the connection closed.
 
-use crate::config::{Config, PRESENCE_INTERVAL, SHUTDOWN_GRACE, STABLE_SESSION};
+use crate::config::{
+    Config, MAX_REFUSAL_BYTES, MAX_REPLY_ATTEMPTS, PRESENCE_INTERVAL, SHUTDOWN_GRACE,
+    STABLE_SESSION,
+};
 use crate::connector::{self, Backoff, Connected};
 use crate::exec::{self, Ending};
 use crate::journal::{Journal, JournalError};
@@ -37,6 +46,7 @@ use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
+use uuid::Uuid;
 
 /// Why the minion stopped other than by a signal.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +67,8 @@ struct Outgoing {
     acker: Option<Acker>,
     /// Mark the job finished in the journal once the reply is with the broker.
     finish: bool,
+    /// Sessions in which publishing it failed.
+    failures: u32,
 }
 
 /// How a session ended.
@@ -101,6 +113,7 @@ impl Minion {
                     },
                     acker: None,
                     finish: true,
+                    failures: 0,
                 }
             })
             .collect();
@@ -306,7 +319,7 @@ impl Minion {
             }
             Err(refusal) => refusal,
         };
-        match refusal.job_id() {
+        match refusal.reply_to() {
             Some(job_id) if matches!(refusal, Refusal::Replayed { .. }) && delivery.redelivered => {
                 // Our own ack was lost (reconnect, crash): the job was taken, and its
                 // reply (result or "interrupted") is sent on its own.
@@ -314,26 +327,30 @@ impl Minion {
                 ack(&delivery.acker).await;
             }
             Some(job_id) => {
-                if refusal.is_forgery() {
-                    error!(job = %job_id, "refused command {job_id}: {refusal}");
-                } else {
-                    warn!(job = %job_id, "refused command {job_id}: {refusal}");
-                }
+                warn!(job = %job_id, "refused command {job_id}: {refusal}");
                 let out = Outgoing {
                     reply: Reply {
                         job_id,
                         minion: self.config.id.clone(),
                         outcome: Outcome::Refused {
-                            reason: refusal.to_string(),
+                            reason: refusal.reason(),
                         },
                     },
                     acker: Some(delivery.acker),
                     finish: false,
+                    failures: 0,
                 };
                 self.send(session, out).await?;
             }
             None => {
-                error!("refused a delivery: {refusal}");
+                // Not known to come from the master: logged, never answered.
+                match refusal.job_id() {
+                    Some(claimed) => error!(
+                        claimed = %claimed,
+                        "refused a command claiming job {claimed}, not answered: {refusal}"
+                    ),
+                    None => error!("refused a delivery, not answered: {refusal}"),
+                }
                 ack(&delivery.acker).await;
             }
         }
@@ -353,10 +370,9 @@ impl Minion {
         let journal = self.journal.clone();
         let expires = command.expires_at_ms;
         let begun =
-            tokio::task::spawn_blocking(move || lock(&journal).begin(job_id, expires, now_ms()))
-                .await;
+            tokio::task::spawn_blocking(move || begin(&journal, job_id, expires, now_ms)).await;
         let reason = match begun {
-            Ok(Ok(true)) => {
+            Ok(Ok(())) => {
                 info!(job = %job_id, "job {job_id}: running {:?}{}", command.exec.argv, if command.exec.shell { " (shell)" } else { "" });
                 let kill = self.kill.subscribe();
                 let tx = self.replies_tx.clone();
@@ -366,12 +382,18 @@ impl Minion {
                     .spawn(job(command, id, max_output, kill, tx, acker, permit));
                 return Ok(());
             }
-            Ok(Ok(false)) => Refusal::Replayed { job_id }.to_string(),
-            Ok(Err(e)) => {
+            Ok(Err(NotBegun::Refused(refusal))) => refusal.reason(),
+            Ok(Err(NotBegun::Journal(e))) => {
                 error!("cannot write the journal, so job {job_id} is not run: {e}");
-                format!("the minion cannot write its journal: {e}")
+                verify::clip(
+                    &format!("the minion cannot write its journal: {e}"),
+                    MAX_REFUSAL_BYTES,
+                )
             }
-            Err(e) => format!("the minion cannot write its journal: {e}"),
+            Err(e) => verify::clip(
+                &format!("the minion cannot write its journal: {e}"),
+                MAX_REFUSAL_BYTES,
+            ),
         };
         warn!(job = %job_id, "refused command {job_id}: {reason}");
         let out = Outgoing {
@@ -382,15 +404,16 @@ impl Minion {
             },
             acker: Some(acker),
             finish: false,
+            failures: 0,
         };
         self.send(session, out).await
     }
 
     /// Publishes a reply, then marks the job finished and acks its delivery. On failure
-    /// the reply goes back to the outbox for the next session.
+    /// the reply goes back to the outbox for the next session ([`set_back`]).
     async fn send(&mut self, session: &Session, out: Outgoing) -> Result<(), SessionError> {
         if let Err(e) = session.publish_reply(&self.pair, &out.reply).await {
-            self.outbox.push_front(out);
+            set_back(&mut self.outbox, out, &e);
             return Err(e);
         }
         let job_id = out.reply.job_id;
@@ -475,6 +498,33 @@ impl Minion {
     }
 }
 
+/// Why [`begin`] did not take a job.
+#[derive(Debug)]
+enum NotBegun {
+    Refused(Refusal),
+    Journal(JournalError),
+}
+
+/// Takes a job in the journal (fsynced) right before it is spawned. The expiry is
+/// checked again first, by the clock read once the journal is locked: a command checked
+/// at delivery may have waited for a job slot past its signed expiry, and is then
+/// refused as expired, neither journalled nor run.
+fn begin(
+    journal: &Mutex<Journal>,
+    job_id: Uuid,
+    expires_at_ms: u64,
+    now_ms: impl FnOnce() -> u64,
+) -> Result<(), NotBegun> {
+    let mut journal = lock(journal);
+    let now = now_ms();
+    verify::check_expiry(job_id, expires_at_ms, now).map_err(NotBegun::Refused)?;
+    match journal.begin(job_id, expires_at_ms, now) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(NotBegun::Refused(Refusal::Replayed { job_id })),
+        Err(e) => Err(NotBegun::Journal(e)),
+    }
+}
+
 /// One job: run it, then hand its reply to the session. The slot is held until then.
 async fn job(
     command: Command,
@@ -518,10 +568,34 @@ async fn job(
         },
         acker: Some(acker),
         finish: true,
+        failures: 0,
     };
     if replies.send(out).await.is_err() {
         warn!(job = %job_id, "job {job_id}: the minion is gone; its reply is lost");
     }
+}
+
+/// Puts a reply that failed to publish back at the front of the outbox, to be sent
+/// first by the next session. A reply that failed in [`MAX_REPLY_ATTEMPTS`] sessions is
+/// set aside instead, with an error: were its publish what breaks the sessions, it would
+/// otherwise keep the minion from ever consuming again.
+fn set_back(outbox: &mut VecDeque<Outgoing>, mut out: Outgoing, error: &SessionError) {
+    out.failures += 1;
+    if out.failures < MAX_REPLY_ATTEMPTS {
+        outbox.push_front(out);
+        return;
+    }
+    let job_id = out.reply.job_id;
+    let then = if out.finish {
+        "the job stays started in the journal and is reported interrupted at the next start"
+    } else {
+        "the master learns of the job from its expiry"
+    };
+    error!(
+        job = %job_id,
+        "giving up on the reply for job {job_id} after {} failed attempts (last: {error}); {then}",
+        out.failures
+    );
 }
 
 async fn ack(acker: &Acker) {
@@ -541,4 +615,75 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 
 fn lock(journal: &Mutex<Journal>) -> MutexGuard<'_, Journal> {
     journal.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outgoing() -> Outgoing {
+        Outgoing {
+            reply: Reply {
+                job_id: Uuid::now_v7(),
+                minion: "web.01".into(),
+                outcome: Outcome::Interrupted,
+            },
+            acker: None,
+            finish: true,
+            failures: 0,
+        }
+    }
+
+    #[test]
+    fn a_reply_that_keeps_failing_is_set_aside_and_does_not_block_the_outbox() {
+        let mut outbox = VecDeque::new();
+        let other = outgoing();
+        let other_id = other.reply.job_id;
+        outbox.push_back(other);
+        let mut failing = outgoing();
+        let failing_id = failing.reply.job_id;
+        let error = SessionError::Nacked("dispatch.results".into());
+        for attempt in 1..MAX_REPLY_ATTEMPTS {
+            set_back(&mut outbox, failing, &error);
+            assert_eq!(
+                outbox.len(),
+                2,
+                "attempt {attempt}: kept for the next session"
+            );
+            failing = outbox.pop_front().unwrap();
+            assert_eq!(failing.reply.job_id, failing_id, "retried first");
+            assert_eq!(failing.failures, attempt);
+        }
+        set_back(&mut outbox, failing, &error);
+        assert_eq!(
+            outbox.len(),
+            1,
+            "set aside after {MAX_REPLY_ATTEMPTS} failures"
+        );
+        assert_eq!(outbox[0].reply.job_id, other_id);
+    }
+
+    #[test]
+    fn a_command_that_expired_while_waiting_for_a_slot_is_not_begun() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = 1_700_000_000_000;
+        let (journal, _) = Journal::open(&dir.path().join("journal"), 60_000, now).unwrap();
+        let journal = Mutex::new(journal);
+        let (late, on_time) = (Uuid::now_v7(), Uuid::now_v7());
+        // Accepted at delivery (now <= expiry), started one millisecond past it.
+        match begin(&journal, late, now, || now + 1) {
+            Err(NotBegun::Refused(refusal @ Refusal::Expired { .. })) => {
+                assert!(refusal.reason().starts_with("expired"), "{refusal}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!lock(&journal).contains(&late), "not journalled");
+        // At the expiry itself it still starts, once.
+        begin(&journal, on_time, now, || now).unwrap();
+        assert!(lock(&journal).contains(&on_time));
+        assert!(matches!(
+            begin(&journal, on_time, now, || now),
+            Err(NotBegun::Refused(Refusal::Replayed { .. }))
+        ));
+    }
 }

@@ -21,7 +21,9 @@
 //! journal, so it is never run twice (a redelivered or republished command finds it)
 //! and a minion that died while it ran reports it `interrupted` at the next start.
 //! [`Journal::finish`] also fsyncs; losing a `finished` line only means a job is reported
-//! interrupted once more after a crash.
+//! interrupted once more after a crash. An append that fails (disk full) cuts the file
+//! back to its previous length, so no partial line is left for the next line to be
+//! glued onto.
 //!
 //! # Recovery and compaction
 //!
@@ -95,6 +97,8 @@ pub struct Journal {
     entries: HashMap<Uuid, Entry>,
     skew_ms: u64,
     appended: u64,
+    /// An append failed and could not be cut back: a partial line may end the file.
+    torn: bool,
 }
 
 impl Journal {
@@ -138,6 +142,7 @@ impl Journal {
             entries,
             skew_ms,
             appended: 0,
+            torn: false,
         };
         Ok((journal, interrupted))
     }
@@ -216,6 +221,7 @@ impl Journal {
     pub fn compact(&mut self, now_ms: u64) -> Result<(), JournalError> {
         self.file = rewrite(&self.path, &mut self.entries, self.skew_ms, now_ms)?;
         self.appended = 0;
+        self.torn = false;
         Ok(())
     }
 
@@ -229,14 +235,72 @@ impl Journal {
     fn append(&mut self, line: Line) -> Result<(), JournalError> {
         let mut text = serde_json::to_string(&line).expect("journal lines always encode");
         text.push('\n');
-        let io = |source| JournalError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        self.file.write_all(text.as_bytes()).map_err(io)?;
-        self.file.sync_data().map_err(io)?;
+        append_line(&mut self.file, text.as_bytes(), &mut self.torn).map_err(|source| {
+            JournalError::Io {
+                path: self.path.clone(),
+                source,
+            }
+        })?;
         self.appended += 1;
         Ok(())
+    }
+}
+
+/// What the journal appends to: a [`File`], or in tests a disk that fills up.
+trait AppendTarget: Write {
+    fn len(&self) -> std::io::Result<u64>;
+    fn sync(&mut self) -> std::io::Result<()>;
+    fn truncate(&mut self, len: u64) -> std::io::Result<()>;
+}
+
+impl AppendTarget for File {
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.sync_data()
+    }
+
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        self.set_len(len)
+    }
+}
+
+/// Appends one `line` (ending in a newline) to `file` and syncs it.
+///
+/// A write can fail halfway (disk full). The file is then cut back to its previous
+/// length before the error is returned: a partial line left behind would have the next
+/// good line glued onto it, and both would be skipped at recovery (a job could then run
+/// twice). If even the cut fails, `torn` is set and the next append starts with a
+/// newline of its own, so only the partial line is lost.
+fn append_line(file: &mut impl AppendTarget, line: &[u8], torn: &mut bool) -> std::io::Result<()> {
+    let len = file.len()?;
+    let written = (|| {
+        if *torn {
+            file.write_all(b"\n")?;
+        }
+        file.write_all(line)?;
+        file.sync()
+    })();
+    match written {
+        Ok(()) => {
+            *torn = false;
+            Ok(())
+        }
+        Err(e) => {
+            match file.truncate(len).and_then(|()| file.sync()) {
+                Ok(()) => {}
+                Err(cut) => {
+                    tracing::error!(
+                        "cannot cut the journal back after a failed write ({cut}); the next \
+                         line starts on a line of its own"
+                    );
+                    *torn = true;
+                }
+            }
+            Err(e)
+        }
     }
 }
 
@@ -467,5 +531,100 @@ mod tests {
         file.set_len(MAX_JOURNAL_BYTES + 1).unwrap();
         let err = Journal::open(&path, SKEW, NOW).unwrap_err().to_string();
         assert!(err.contains("damaged"), "{err}");
+    }
+
+    /// A disk with `room` bytes left: a write past it is cut short, then fails.
+    struct FullDisk {
+        data: Vec<u8>,
+        room: usize,
+        can_truncate: bool,
+    }
+
+    impl Write for FullDisk {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.room == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::StorageFull));
+            }
+            let n = buf.len().min(self.room);
+            self.data.extend_from_slice(&buf[..n]);
+            self.room -= n;
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl AppendTarget for FullDisk {
+        fn len(&self) -> std::io::Result<u64> {
+            Ok(self.data.len() as u64)
+        }
+
+        fn sync(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+
+        fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+            if !self.can_truncate {
+                return Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+            }
+            self.data.truncate(len as usize);
+            Ok(())
+        }
+    }
+
+    fn line(job: Uuid, state: JobState) -> Vec<u8> {
+        let mut text = serde_json::to_vec(&Line {
+            job,
+            state,
+            expires_at_ms: NOW,
+        })
+        .unwrap();
+        text.push(b'\n');
+        text
+    }
+
+    #[test]
+    fn a_write_that_fails_halfway_leaves_no_partial_line() {
+        let (first, failed, next) = (job(), job(), job());
+        let mut disk = FullDisk {
+            data: Vec::new(),
+            room: 0,
+            can_truncate: true,
+        };
+        let mut torn = false;
+        let good = line(first, JobState::Finished);
+        disk.room = good.len() + 10;
+        append_line(&mut disk, &good, &mut torn).unwrap();
+        let err = append_line(&mut disk, &line(failed, JobState::Started), &mut torn).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::StorageFull);
+        assert_eq!(disk.data, good, "the partial line is cut away");
+        assert!(!torn);
+        // Room again: the next line is whole and found at recovery.
+        disk.room = usize::MAX;
+        append_line(&mut disk, &line(next, JobState::Started), &mut torn).unwrap();
+        let entries = parse(Path::new("journal"), &disk.data);
+        assert_eq!(entries.len(), 2);
+        assert!(entries.contains_key(&first) && entries.contains_key(&next));
+        assert!(!entries.contains_key(&failed));
+    }
+
+    #[test]
+    fn a_partial_line_that_cannot_be_cut_does_not_swallow_the_next_line() {
+        let (failed, next) = (job(), job());
+        let mut disk = FullDisk {
+            data: Vec::new(),
+            room: 20,
+            can_truncate: false,
+        };
+        let mut torn = false;
+        append_line(&mut disk, &line(failed, JobState::Started), &mut torn).unwrap_err();
+        assert!(torn);
+        disk.room = usize::MAX;
+        append_line(&mut disk, &line(next, JobState::Started), &mut torn).unwrap();
+        assert!(!torn);
+        let entries = parse(Path::new("journal"), &disk.data);
+        assert_eq!(entries.keys().collect::<Vec<_>>(), vec![&next]);
     }
 }

@@ -3,9 +3,13 @@
 //! (declared by the master; the minion declares nothing), and the publishes a minion
 //! may make: signed replies to `dispatch.results` and signed presence events.
 //!
-//! Every publish carries `user_id` = the minion id and waits for the broker's confirm,
-//! so a reply counts as sent only once the broker has it. What to do with deliveries
-//! is [`crate::daemon`]'s business.
+//! Every publish waits for the broker's confirm, so a reply counts as sent only once the
+//! broker has it. On a key login (`DISPATCH-ED25519`, the embedded broker) publishes
+//! carry `user_id` = the minion id, the name it logged in as; on a PLAIN login (an
+//! external broker, URL with `user:password`) they carry none, since RabbitMQ refuses
+//! (406) a `user_id` other than the user name. Replies are signed under
+//! [`domain::REPLY`], presence events under [`domain::PRESENCE`]. What to do with
+//! deliveries is [`crate::daemon`]'s business.
 
 use crate::config::Config;
 use dispatch_common::envelope::{Envelope, domain};
@@ -30,15 +34,8 @@ const TRANSIENT: u8 = 1;
 pub enum SessionError {
     #[error("cannot open a channel: {0}")]
     Channel(lapin::Error),
-    #[error(
-        "cannot consume queue {queue}: {source} (the master declares it once the key is \
-         accepted: `dispatch key accept {id}`)"
-    )]
-    Consume {
-        queue: String,
-        id: String,
-        source: lapin::Error,
-    },
+    #[error("{}", consume_failure(.queue, .source))]
+    Consume { queue: String, source: lapin::Error },
     #[error("cannot publish to {to}: {source}")]
     Publish { to: String, source: lapin::Error },
     #[error("the broker refused (nack) a message to {0}")]
@@ -48,6 +45,21 @@ pub enum SessionError {
     #[error("the broker cancelled the consumer of {0}")]
     Cancelled(String),
 }
+
+/// Why consuming the minion's queue failed. The master declares the queue when it
+/// accepts the key, so right after acceptance a login can come first and find no queue.
+fn consume_failure(queue: &str, source: &lapin::Error) -> String {
+    match source.kind() {
+        lapin::ErrorKind::ProtocolError(e) if e.get_id() == NOT_FOUND => format!(
+            "queue {queue} not found: the key is not accepted yet, or was accepted a moment \
+             ago (retrying)"
+        ),
+        _ => format!("cannot consume queue {queue}: {source}"),
+    }
+}
+
+/// The AMQP reply code of a missing queue.
+const NOT_FOUND: u16 = 404;
 
 /// The presence events of a minion: `minion.<id>.<kind>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +85,8 @@ pub struct Session {
     channel: Channel,
     consumer: Consumer,
     queue: String,
+    /// The `user_id` of every publish: the minion id on key logins, none on PLAIN.
+    user_id: Option<String>,
 }
 
 impl Session {
@@ -86,6 +100,7 @@ impl Session {
                 channel,
                 consumer,
                 queue,
+                user_id: (!config.external_broker).then(|| config.id.clone()),
             }),
             Err(e) => {
                 let _ = connection
@@ -123,7 +138,6 @@ impl Session {
             .await
             .map_err(|source| SessionError::Consume {
                 queue: queue.to_owned(),
-                id: config.id.clone(),
                 source,
             })?;
         Ok((channel, consumer))
@@ -141,8 +155,8 @@ impl Session {
     /// Signs and publishes `reply` to the results queue, waiting for the confirm.
     pub async fn publish_reply(&self, pair: &KeyPair, reply: &Reply) -> Result<(), SessionError> {
         let body = Envelope::seal(domain::REPLY, pair, &reply.minion, reply);
-        let properties = BasicProperties::default()
-            .with_user_id(reply.minion.as_str().into())
+        let properties = self
+            .properties()
             .with_delivery_mode(PERSISTENT)
             .with_content_type(CONTENT_TYPE.into())
             .with_correlation_id(reply.job_id.to_string().into());
@@ -164,18 +178,27 @@ impl Session {
             at_ms: now_ms(),
             up: kind != PresenceKind::Down,
         };
-        let body = Envelope::seal(domain::REPLY, pair, &config.id, &presence);
+        let body = Envelope::seal(domain::PRESENCE, pair, &config.id, &presence);
         let key = format!(
             "{}{}",
             names::minion_event_prefix(&config.id),
             kind.as_str()
         );
-        let properties = BasicProperties::default()
-            .with_user_id(config.id.as_str().into())
+        let properties = self
+            .properties()
             .with_delivery_mode(TRANSIENT)
             .with_content_type(CONTENT_TYPE.into());
         self.publish(names::EVENTS_EXCHANGE, &key, &body, properties)
             .await
+    }
+
+    /// The properties every publish starts from.
+    fn properties(&self) -> BasicProperties {
+        let properties = BasicProperties::default();
+        match &self.user_id {
+            Some(id) => properties.with_user_id(id.as_str().into()),
+            None => properties,
+        }
     }
 
     async fn publish(
@@ -230,5 +253,42 @@ impl Session {
         if let Err(e) = self.connection.close(200, "minion stopping".into()).await {
             tracing::debug!("closing the connection failed: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::protocol::{AMQPError, AMQPErrorKind, AMQPHardError, AMQPSoftError};
+
+    fn protocol_error(kind: AMQPErrorKind) -> lapin::Error {
+        lapin::ErrorKind::ProtocolError(AMQPError::new(kind, "NOT_FOUND - no queue".into())).into()
+    }
+
+    #[test]
+    fn a_missing_queue_says_the_key_may_have_just_been_accepted() {
+        let queue = names::minion_queue("web.01");
+        let missing = SessionError::Consume {
+            queue: queue.clone(),
+            source: protocol_error(AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)),
+        }
+        .to_string();
+        assert_eq!(
+            missing,
+            format!(
+                "queue {queue} not found: the key is not accepted yet, or was accepted a \
+                 moment ago (retrying)"
+            )
+        );
+        assert!(!missing.contains("dispatch key accept"), "{missing}");
+        let other = SessionError::Consume {
+            queue: queue.clone(),
+            source: protocol_error(AMQPErrorKind::Hard(AMQPHardError::INTERNALERROR)),
+        }
+        .to_string();
+        assert!(
+            other.starts_with(&format!("cannot consume queue {queue}: ")),
+            "{other}"
+        );
     }
 }

@@ -6,8 +6,11 @@
 //! given with `--master-fingerprint`); the signed target names this minion; the command
 //! has not expired (strictly: `now > expires_at` is refused); it was not issued further
 //! in the future than the skew window; its job id is not in the journal. The first
-//! failed check is the [`Refusal`], whose text is the reason sent back to the master.
+//! failed check is the [`Refusal`], whose text is the reason sent back to the master,
+//! unless the command is not known to come from the master ([`Refusal::reply_to`]):
+//! those are only logged.
 
+use crate::config::MAX_REFUSAL_BYTES;
 use dispatch_common::envelope::{Envelope, EnvelopeError, domain};
 use dispatch_common::keys::{Fingerprint, PublicKey};
 use dispatch_common::message::Command;
@@ -39,24 +42,27 @@ pub struct Verified {
     pub signer: PublicKey,
 }
 
-/// Why a command is not run. The text is the reason reported to the master.
+/// Why a command is not run. The text is the reason reported to the master; every
+/// variant keeps it under [`MAX_REFUSAL_BYTES`] (see [`Refusal::reason`]), so neither an
+/// AMQP reply text (255 bytes) nor a log line cuts it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    #[error("not a dispatch command: {0}")]
+    #[error("not a dispatch command: {}", clip(.0, 100))]
     Undecodable(String),
-    #[error("command signed by a key that is not the master's: {detail}")]
+    /// The signature does not verify: never answered (the job id is only claimed).
+    #[error("signed by a key that is not the master's: {}", clip(.detail, 100))]
     NotFromMaster {
         job_id: Option<Uuid>,
         detail: String,
     },
-    #[error("not for this minion: target '{target}' does not name '{id}' or its groups")]
+    #[error("not for this minion: target '{}' names neither it nor its groups", clip(.target, 60))]
     NotForMe {
         job_id: Uuid,
         target: String,
         id: String,
     },
     #[error(
-        "expired: the command expired {} ago (at {expires_at_ms} ms, minion clock {now_ms} ms)",
+        "expired {} ago (expiry {expires_at_ms} ms, minion clock {now_ms} ms)",
         ago(*now_ms, *expires_at_ms)
     )]
     Expired {
@@ -65,8 +71,7 @@ pub enum Refusal {
         now_ms: u64,
     },
     #[error(
-        "future-dated: issued {} ahead of the minion clock, beyond the {} skew window; \
-         check the clocks of master and minion",
+        "future-dated: issued {} ahead of the minion clock (skew window {}); check the clocks",
         ago(*issued_at_ms, *now_ms),
         humantime::format_duration(Duration::from_millis(*skew_ms))
     )]
@@ -82,6 +87,19 @@ pub enum Refusal {
 
 fn ago(later: u64, earlier: u64) -> humantime::FormattedDuration {
     humantime::format_duration(Duration::from_millis(later.saturating_sub(earlier)))
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary, ending in `…` when cut).
+pub fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let ellipsis = "…";
+    let mut end = max.saturating_sub(ellipsis.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ellipsis}", &text[..end])
 }
 
 impl Refusal {
@@ -101,6 +119,37 @@ impl Refusal {
     pub fn is_forgery(&self) -> bool {
         matches!(self, Refusal::NotFromMaster { .. })
     }
+
+    /// The job id to answer the refusal under: `None` when the command is not known to
+    /// come from the master (undecodable, or its signature does not verify). Answering a
+    /// forged command under the job id it claims would let a forger plant a
+    /// minion-signed refusal under a real job.
+    pub fn reply_to(&self) -> Option<Uuid> {
+        if self.is_forgery() {
+            None
+        } else {
+            self.job_id()
+        }
+    }
+
+    /// The reason reported to the master, at most [`MAX_REFUSAL_BYTES`].
+    pub fn reason(&self) -> String {
+        clip(&self.to_string(), MAX_REFUSAL_BYTES)
+    }
+}
+
+/// Refuses a command once the minion's clock (`now_ms`) has passed its signed expiry.
+/// Checked at delivery and again right before the job is journalled and spawned (a
+/// command may wait for a job slot past its expiry).
+pub fn check_expiry(job_id: Uuid, expires_at_ms: u64, now_ms: u64) -> Result<(), Refusal> {
+    if now_ms > expires_at_ms {
+        return Err(Refusal::Expired {
+            job_id,
+            expires_at_ms,
+            now_ms,
+        });
+    }
+    Ok(())
 }
 
 /// Runs every check on delivered `bytes`. `seen` tells whether a job id is in the
@@ -128,27 +177,23 @@ fn open(envelope: &Envelope, master: &MasterKey) -> Result<(Command, PublicKey),
         MasterKey::Fingerprint(fp) => {
             return Err(Refusal::NotFromMaster {
                 job_id: claimed_job_id(envelope),
-                detail: format!(
-                    "signed by key {}, but the master's fingerprint is {fp}",
-                    claimed.fingerprint()
-                ),
+                detail: format!("{} (master fingerprint: {fp})", claimed.fingerprint()),
             });
         }
     };
     match envelope.open::<Command>(domain::COMMAND, &expected) {
         Ok(command) => Ok((command, expected)),
         Err(EnvelopeError::BadPayload(e)) => Err(Refusal::Undecodable(format!(
-            "signed by the master, but the command does not decode (version mismatch?): {e}"
+            "signed by the master, but does not decode (version mismatch?): {e}"
         ))),
         Err(EnvelopeError::WrongKey { got, expected }) => Err(Refusal::NotFromMaster {
             job_id: claimed_job_id(envelope),
-            detail: format!("signed by key {got}, but the pinned master key is {expected}"),
+            detail: format!("{got} (pinned master key: {expected})"),
         }),
         Err(EnvelopeError::BadSignature(_)) => Err(Refusal::NotFromMaster {
             job_id: claimed_job_id(envelope),
             detail: format!(
-                "bad signature: the payload does not match the signature of key {} \
-                 (tampered with?)",
+                "bad signature of key {} (tampered with?)",
                 claimed.fingerprint()
             ),
         }),
@@ -156,7 +201,7 @@ fn open(envelope: &Envelope, master: &MasterKey) -> Result<(Command, PublicKey),
     }
 }
 
-/// The job id an unverified payload claims, to report a forgery about it.
+/// The job id an unverified payload claims, to log a forgery with (never to answer).
 fn claimed_job_id(envelope: &Envelope) -> Option<Uuid> {
     rmp_serde::from_slice::<Command>(&envelope.payload)
         .ok()
@@ -177,13 +222,7 @@ pub fn check(
             id: checker.id.to_owned(),
         });
     }
-    if checker.now_ms > command.expires_at_ms {
-        return Err(Refusal::Expired {
-            job_id,
-            expires_at_ms: command.expires_at_ms,
-            now_ms: checker.now_ms,
-        });
-    }
+    check_expiry(job_id, command.expires_at_ms, checker.now_ms)?;
     if command.issued_at_ms > checker.now_ms.saturating_add(checker.skew_ms) {
         return Err(Refusal::FutureDated {
             job_id,
@@ -406,5 +445,70 @@ mod tests {
         .unwrap_err();
         assert_eq!(refusal, Refusal::Replayed { job_id: cmd.job_id });
         assert!(refusal.to_string().contains("replayed"), "{refusal}");
+    }
+
+    #[test]
+    fn a_command_whose_signature_does_not_verify_is_never_answered() {
+        let master = KeyPair::generate();
+        let key = MasterKey::Pinned(master.public());
+        let cmd = command(Target::All);
+        let forged = run(&seal(&KeyPair::generate(), &cmd), &key, NOW).unwrap_err();
+        assert_eq!(forged.job_id(), Some(cmd.job_id), "logged as claimed");
+        assert_eq!(forged.reply_to(), None);
+        let by_fp = MasterKey::Fingerprint(master.public().fingerprint());
+        let forged = run(&seal(&KeyPair::generate(), &cmd), &by_fp, NOW).unwrap_err();
+        assert_eq!(forged.reply_to(), None);
+        // Verified but refused: answered.
+        let expired = run(&seal(&master, &cmd), &key, cmd.expires_at_ms + 1).unwrap_err();
+        assert_eq!(expired.reply_to(), Some(cmd.job_id));
+        let replayed = Refusal::Replayed { job_id: cmd.job_id };
+        assert_eq!(replayed.reply_to(), Some(cmd.job_id));
+    }
+
+    #[test]
+    fn every_refusal_reason_is_short() {
+        let job_id = Uuid::now_v7();
+        let long_id = "a".repeat(255);
+        let long_target = (0..200)
+            .map(|i| format!("web.{i:04}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let refusals = [
+            Refusal::Undecodable("é".repeat(500)),
+            Refusal::NotFromMaster {
+                job_id: Some(job_id),
+                detail: "x".repeat(500),
+            },
+            Refusal::NotForMe {
+                job_id,
+                target: long_target,
+                id: long_id,
+            },
+            Refusal::Expired {
+                job_id,
+                expires_at_ms: 0,
+                now_ms: u64::MAX,
+            },
+            Refusal::FutureDated {
+                job_id,
+                issued_at_ms: u64::MAX,
+                now_ms: 0,
+                skew_ms: u64::MAX,
+            },
+            Refusal::Replayed { job_id },
+        ];
+        for refusal in refusals {
+            let reason = refusal.reason();
+            assert!(
+                reason.len() <= MAX_REFUSAL_BYTES,
+                "{} bytes: {reason}",
+                reason.len()
+            );
+            assert!(refusal.to_string().len() < 200, "{refusal}");
+        }
+        assert_eq!(clip("abc", 3), "abc");
+        assert_eq!(clip("ééé", 5), "é…");
+        assert_eq!(clip("ééé", 4), "…", "cut on a character boundary");
+        assert!(clip(&"é".repeat(100), 10).len() <= 10);
     }
 }

@@ -1,16 +1,20 @@
 //! `dispatch-bench`: throughput, latency and memory of an AMQP 0-9-1 broker, measured with
-//! the same lapin client the rest of dispatch uses.
+//! the same lapin client the rest of dispatch uses; and dispatch itself ([`dispatch`]):
+//! wall time of the real `dispatch` CLI against a local master and minion processes,
+//! their memory, and job lookups in a large job store, optionally beside Salt.
 //!
 //! Flow: [`cli::Args`] is parsed and validated into a [`cli::Plan`] before any I/O; each
 //! target of the plan (a URL, the embedded broker spawned from beside this executable, or
 //! a private RabbitMQ) is started by [`servers`], every selected [`scenarios::Scenario`]
 //! runs against it in turn, and [`report`] prints the outcomes, as a comparison table with
-//! ratios first when two brokers ran side by side.
+//! ratios first when two brokers ran side by side. The dispatch scenarios run after
+//! the broker ones and get a table of their own, with ratios to Salt first.
 //!
 //! Exit codes: 0 when every scenario ran, 1 when one or more failed (their cells say why),
 //! 2 for usage errors and for a target that could not be started.
 
 mod cli;
+mod dispatch;
 mod flow;
 mod probe;
 mod report;
@@ -52,7 +56,12 @@ fn main() -> ExitCode {
 async fn run_until_interrupted(plan: cli::Plan) -> Result<ExitCode> {
     tokio::select! {
         result = run(plan) => result,
-        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; brokers started by the bench were stopped"),
+        _ = tokio::signal::ctrl_c() => {
+            // Dispatch scenarios drive their processes from blocking threads that the
+            // runtime cannot cancel; their process groups are killed here instead.
+            dispatch::procs::kill_all();
+            anyhow::bail!("interrupted; processes started by the bench were stopped")
+        }
     }
 }
 
@@ -66,7 +75,7 @@ async fn run(plan: cli::Plan) -> Result<ExitCode> {
                 target.stop().await;
                 report::Column::ran(spec.label(), outcomes)
             }
-            Err(err) if plan.targets.len() > 1 => {
+            Err(err) if plan.targets.len() > 1 || !plan.dispatch.is_empty() => {
                 eprintln!("   not run: {err:#}");
                 report::Column::not_run(spec.label(), format!("{err:#}"))
             }
@@ -74,8 +83,19 @@ async fn run(plan: cli::Plan) -> Result<ExitCode> {
         };
         columns.push(column);
     }
-    let all_ran = columns.iter().all(report::Column::complete);
-    print!("{}", report::render(&plan, &columns));
+    let mut all_ran = columns.iter().all(report::Column::complete);
+    if !columns.is_empty() {
+        print!("{}", report::render(&plan, &columns));
+    }
+    if !plan.dispatch.is_empty() {
+        eprintln!("== dispatch");
+        let measured = dispatch::run_all(&plan.dispatch, &plan.dispatch_ctx).await;
+        all_ran &= report::dispatch_complete(&measured);
+        if !columns.is_empty() {
+            println!();
+        }
+        print!("{}", report::render_dispatch(&plan, &measured));
+    }
     Ok(if all_ran {
         ExitCode::SUCCESS
     } else {

@@ -9,6 +9,7 @@
 use std::fmt::Write;
 
 use crate::cli::Plan;
+use crate::dispatch::{DispatchMeasured, DispatchOutcome, Fleet, JobLookup, RunWall};
 use crate::probe::TICKS_PER_SECOND;
 use crate::scenarios::{Backlog, Measured, Outcome, Scenario};
 
@@ -348,6 +349,380 @@ pub fn render(plan: &Plan, columns: &[Column]) -> String {
                     }
                 }
             }
+        }
+    }
+    out
+}
+
+/// Salt's figures in issues 5 and 6, measured earlier on this kind of machine (Salt
+/// 3008.5, 10 minions): `salt '*' test.ping` wall, salt-minion RSS, one job lookup.
+const SALT_ISSUE_PING_MS: f64 = 1870.0;
+const SALT_ISSUE_MINION_MIB: f64 = 117.0;
+const SALT_ISSUE_LOOKUP_MS: f64 = 1600.0;
+
+/// Whether every dispatch scenario produced an outcome (Salt failing to run counts too).
+pub fn dispatch_complete(measured: &[DispatchMeasured]) -> bool {
+    measured.iter().all(|cell| match &cell.outcome {
+        Ok(DispatchOutcome::RunWall(run)) => {
+            run.dispatch.is_ok() && !matches!(run.salt, Some(Err(_)))
+        }
+        Ok(_) => true,
+        Err(_) => false,
+    })
+}
+
+/// A Salt figure and where it comes from.
+#[derive(Clone, Copy)]
+enum Salt {
+    Measured(f64),
+    FromIssue(f64),
+    None,
+}
+
+impl Salt {
+    fn value(self) -> Option<f64> {
+        match self {
+            Salt::Measured(value) | Salt::FromIssue(value) => Some(value),
+            Salt::None => None,
+        }
+    }
+}
+
+/// One row of the dispatch table: values in `unit` ("ms", "MiB", "jobs/s", "MB").
+struct DispatchRow {
+    title: String,
+    metric: String,
+    ours: Option<f64>,
+    salt: Salt,
+    unit: &'static str,
+    target: &'static str,
+}
+
+fn format_unit(value: f64, unit: &str) -> String {
+    match unit {
+        "ms" if value >= 1000.0 => format!("{:.2} s", value / 1000.0),
+        "ms" | "MiB" | "MB" if value < 100.0 => format!("{value:.1} {unit}"),
+        "jobs/s" => format!("{} {unit}", group_thousands(value.round() as i64)),
+        _ => format!("{value:.0} {unit}"),
+    }
+}
+
+fn format_ratio(ours: f64, theirs: f64) -> String {
+    let ratio = ours / theirs;
+    if ratio > 0.0 && ratio < 0.1 {
+        format!("{ratio:.3}× (1/{:.0})", 1.0 / ratio)
+    } else {
+        format!("{ratio:.2}×")
+    }
+}
+
+fn wall_rows(
+    rows: &mut Vec<DispatchRow>,
+    title: &str,
+    what: &str,
+    walls: &crate::dispatch::procs::Walls,
+    salt: [Salt; 3],
+    target: &'static str,
+) {
+    let stats = [
+        ("p50", walls.p50_ms()),
+        ("p90", walls.p90_ms()),
+        ("max", walls.max_ms()),
+    ];
+    for ((stat, value), salt) in stats.into_iter().zip(salt) {
+        rows.push(DispatchRow {
+            title: if rows.iter().any(|row| row.title == title) {
+                String::new()
+            } else {
+                title.to_owned()
+            },
+            metric: format!("{what}, {stat}"),
+            ours: Some(value),
+            salt,
+            unit: "ms",
+            target: if stat == "p50" { target } else { "" },
+        });
+    }
+}
+
+fn run_wall_rows(rows: &mut Vec<DispatchRow>, title: &str, run: &RunWall) {
+    let salt: Option<&Fleet> = match &run.salt {
+        Some(Ok(fleet)) => Some(fleet),
+        _ => None,
+    };
+    let pick = |f: &dyn Fn(&Fleet) -> f64, issue: Option<f64>| match (salt, issue) {
+        (Some(fleet), _) => Salt::Measured(f(fleet)),
+        (None, Some(issue)) => Salt::FromIssue(issue),
+        (None, None) => Salt::None,
+    };
+    let Ok(d) = &run.dispatch else {
+        // Dispatch failed: Salt's figures alone, each against a failed cell.
+        for (metric, salt, unit) in [
+            (
+                "wall, p50",
+                pick(&|f| f.walls.p50_ms(), Some(SALT_ISSUE_PING_MS)),
+                "ms",
+            ),
+            ("wall, p90", pick(&|f| f.walls.p90_ms(), None), "ms"),
+            ("wall, max", pick(&|f| f.walls.max_ms(), None), "ms"),
+            (
+                "minion RSS, mean",
+                pick(
+                    &|f| f.minion_rss_mean_kib() / 1024.0,
+                    Some(SALT_ISSUE_MINION_MIB),
+                ),
+                "MiB",
+            ),
+            (
+                "minion RSS, max",
+                pick(&|f| f.minion_rss_max_kib() / 1024.0, None),
+                "MiB",
+            ),
+            (
+                "master RSS",
+                pick(&|f| f.master_rss_kib as f64 / 1024.0, None),
+                "MiB",
+            ),
+        ] {
+            rows.push(DispatchRow {
+                title: if rows.iter().any(|row| row.title == title) {
+                    String::new()
+                } else {
+                    title.to_owned()
+                },
+                metric: metric.to_owned(),
+                ours: None,
+                salt,
+                unit,
+                target: "",
+            });
+        }
+        return;
+    };
+    wall_rows(
+        rows,
+        title,
+        "wall",
+        &d.walls,
+        [
+            pick(&|f| f.walls.p50_ms(), Some(SALT_ISSUE_PING_MS)),
+            pick(&|f| f.walls.p90_ms(), None),
+            pick(&|f| f.walls.max_ms(), None),
+        ],
+        "≤ 50 ms",
+    );
+    let mib = |kib: f64| kib / 1024.0;
+    for (metric, ours, salt, target) in [
+        (
+            "minion RSS, mean",
+            mib(d.minion_rss_mean_kib()),
+            pick(
+                &|f| mib(f.minion_rss_mean_kib()),
+                Some(SALT_ISSUE_MINION_MIB),
+            ),
+            "≤ 8 MiB",
+        ),
+        (
+            "minion RSS, max",
+            mib(d.minion_rss_max_kib()),
+            pick(&|f| mib(f.minion_rss_max_kib()), None),
+            "",
+        ),
+        (
+            "master RSS",
+            mib(d.master_rss_kib as f64),
+            pick(&|f| mib(f.master_rss_kib as f64), None),
+            "",
+        ),
+    ] {
+        rows.push(DispatchRow {
+            title: String::new(),
+            metric: metric.to_owned(),
+            ours: Some(ours),
+            salt,
+            unit: "MiB",
+            target,
+        });
+    }
+}
+
+fn job_lookup_rows(rows: &mut Vec<DispatchRow>, title: &str, lookup: &JobLookup) {
+    let issue = [
+        Salt::FromIssue(SALT_ISSUE_LOOKUP_MS),
+        Salt::None,
+        Salt::None,
+    ];
+    wall_rows(
+        rows,
+        title,
+        "`job` by 12-digit prefix",
+        &lookup.by_prefix,
+        issue,
+        "≤ 20 ms",
+    );
+    wall_rows(
+        rows,
+        title,
+        "`job` by 12-digit suffix",
+        &lookup.by_suffix,
+        issue,
+        "≤ 20 ms",
+    );
+    wall_rows(
+        rows,
+        title,
+        "`job` by full id",
+        &lookup.by_id,
+        issue,
+        "≤ 20 ms",
+    );
+    wall_rows(
+        rows,
+        title,
+        "`jobs --limit 20`",
+        &lookup.list,
+        [Salt::None; 3],
+        "",
+    );
+    for (metric, ours, unit) in [
+        (
+            "store fill (library, before start)",
+            lookup.jobs as f64 / lookup.fill.as_secs_f64(),
+            "jobs/s",
+        ),
+        ("store size", lookup.store_bytes as f64 / 1e6, "MB"),
+        ("master RSS", lookup.master_rss_kib as f64 / 1024.0, "MiB"),
+    ] {
+        rows.push(DispatchRow {
+            title: String::new(),
+            metric: metric.to_owned(),
+            ours: Some(ours),
+            salt: Salt::None,
+            unit,
+            target: "",
+        });
+    }
+}
+
+/// The dispatch table: ratio to Salt first, then dispatch, Salt and the issue's target.
+pub fn render_dispatch(plan: &Plan, measured: &[DispatchMeasured]) -> String {
+    let ctx = &plan.dispatch_ctx;
+    let salt_run = measured.iter().find_map(|cell| match &cell.outcome {
+        Ok(DispatchOutcome::RunWall(run)) => run.salt.as_ref(),
+        _ => None,
+    });
+    let salt_label = match salt_run {
+        Some(Ok(fleet)) => format!(
+            "Salt {}(measured)",
+            fleet
+                .version
+                .as_deref()
+                .map(|v| format!("{v} "))
+                .unwrap_or_default()
+        ),
+        _ => "Salt 3008.5 (issue)".to_owned(),
+    };
+    let header: Vec<String> = [
+        "scenario",
+        "metric",
+        "dispatch / Salt",
+        "dispatch",
+        &salt_label,
+        "target",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut rows: Vec<DispatchRow> = Vec::new();
+    for cell in measured {
+        match &cell.outcome {
+            Ok(DispatchOutcome::RunWall(run)) => run_wall_rows(&mut rows, &cell.title, run),
+            Ok(DispatchOutcome::JobLookup(lookup)) => {
+                job_lookup_rows(&mut rows, &cell.title, lookup)
+            }
+            Err(_) => rows.push(DispatchRow {
+                title: cell.title.clone(),
+                metric: "—".to_owned(),
+                ours: None,
+                salt: Salt::None,
+                unit: "",
+                target: "",
+            }),
+        }
+    }
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            vec![
+                row.title.clone(),
+                row.metric.clone(),
+                match (row.ours, row.salt.value()) {
+                    (Some(ours), Some(theirs)) if theirs > 0.0 => format_ratio(ours, theirs),
+                    _ => "—".to_owned(),
+                },
+                row.ours
+                    .map(|v| format_unit(v, row.unit))
+                    .unwrap_or_else(|| "failed".to_owned()),
+                match row.salt {
+                    Salt::Measured(v) => format_unit(v, row.unit),
+                    Salt::FromIssue(v) => format!("{} (issue)", format_unit(v, row.unit)),
+                    Salt::None => "—".to_owned(),
+                },
+                row.target.to_owned(),
+            ]
+        })
+        .collect();
+    let mut out = String::new();
+    if plan.markdown {
+        write_markdown(&mut out, &header, &table);
+    } else {
+        write_plain(&mut out, &header, &table);
+    }
+    let _ = writeln!(
+        out,
+        "\nWall times are of the real CLI process, spawn to exit, {} timed runs after {} \
+         untimed ones, exit code checked each time; p50/p90 are nearest-rank. Processes run \
+         on this machine, master and minions started by the bench from a temporary \
+         directory. RSS is VmRSS from /proc/PID/status summed over the process tree \
+         (a dispatch daemon is one process), MiB = 2^20 bytes, after the timed runs.",
+        ctx.runs, ctx.warmup_runs
+    );
+    match salt_run {
+        Some(Ok(fleet)) => {
+            let _ = writeln!(
+                out,
+                "\nSalt was measured in this run: a private salt-master ({} processes) and {} \
+                 salt-minions ({} processes each), `salt '*' test.ping` timed like \
+                 `dispatch run`. Salt's job-lookup figure is from issue 6 (not re-measured).",
+                fleet.master_processes,
+                fleet.minion_rss_kib.len(),
+                fleet.minion_processes
+            );
+        }
+        Some(Err(err)) => {
+            let _ = writeln!(
+                out,
+                "\nSalt could not run here ({err}); Salt figures are from the issues \
+                 (measured earlier on this kind of machine), not re-measured in this run."
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "\nSalt figures from the issues (measured earlier on this kind of machine), \
+                 not re-measured in this run."
+            );
+        }
+    }
+    for cell in measured {
+        match &cell.outcome {
+            Err(err)
+            | Ok(DispatchOutcome::RunWall(RunWall {
+                dispatch: Err(err), ..
+            })) => {
+                let _ = writeln!(out, "\n{}: failed: {err}", cell.title);
+            }
+            Ok(_) => {}
         }
     }
     out

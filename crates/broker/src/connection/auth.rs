@@ -3,13 +3,14 @@
 //!
 //! Only what can succeed is offered: clients pick the first mechanism they know from the
 //! broker's list, so an advertised but unusable one would lock them out. The key
-//! mechanism's exchange of `secure`/`secure-ok` is driven by [`super::handshake`]; this
+//! mechanism's exchange of `secure`/`secure-ok` is driven by [`super::handshake`](mod@super::handshake); this
 //! module only judges what arrives.
 
 use crate::codec::table::check_table_body;
 use crate::config::{BrokerConfig, User};
 use crate::identity::{KeyAuthority, Permissions};
 use amq_protocol::types::{AMQPValue, FieldTable};
+use dispatch_common::keys::PublicKey;
 use dispatch_common::sasl::{self, Challenge, Proof};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -89,6 +90,17 @@ pub async fn authenticate_key(
     peer: SocketAddr,
 ) -> Result<Login, String> {
     let (proof, key) = Proof::verify(response, challenge)?;
+    admit_key(authority, proof, key, peer).await
+}
+
+/// Asks `authority` to admit a verified proof's key (on the blocking pool: `admit` may
+/// block, the master records pending keys on disk).
+pub async fn admit_key(
+    authority: &Arc<dyn KeyAuthority>,
+    proof: Proof,
+    key: PublicKey,
+    peer: SocketAddr,
+) -> Result<Login, String> {
     let authority = authority.clone();
     let admitted = tokio::task::spawn_blocking(move || {
         let permissions = authority.admit(&proof, &key, peer)?;

@@ -5,28 +5,30 @@
 //! PLAIN and AMQPLAIN log in with `start-ok` alone. `DISPATCH-ED25519` takes one more
 //! round: `start-ok` names the client (for the log), the broker sends `secure` with a
 //! fresh [`Challenge`], and the client's `secure-ok` carries the signed proof, which the
-//! [`KeyAuthority`](crate::KeyAuthority) then admits or refuses. Every refusal is
+//! [`KeyAuthority`] then admits or refuses. Every refusal is
 //! `connection.close` 403 ACCESS_REFUSED with the reason, as RabbitMQ does for clients
 //! with `authentication_failure_close`.
 
-use super::auth::{
-    Login, authenticate, authenticate_key, is_offered, offered_mechanisms, unsupported,
-};
+use super::auth::{Login, admit_key, authenticate, is_offered, offered_mechanisms, unsupported};
+use crate::broker::Broker;
 use crate::codec::frame::next_frame;
 use crate::codec::method::{parse_method, put_method};
 use crate::codec::{FRAME_HEARTBEAT, FRAME_METHOD, PROTOCOL_HEADER};
 use crate::config::{BrokerConfig, CLOSE_TIMEOUT, FRAME_MIN_SIZE};
 use crate::error::AmqpError;
 use crate::identity::{KeyAuthority, Permissions};
+use crate::queue::ConnId;
+use crate::sessions::Session;
 use amq_protocol::protocol::{AMQPClass, connection};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use bytes::BytesMut;
 use dispatch_common::names::MAX_NAME_LEN;
-use dispatch_common::sasl::{self, Challenge};
+use dispatch_common::sasl::{self, Challenge, Proof};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 /// What the handshake settled.
 #[derive(Debug, Clone)]
@@ -61,14 +63,23 @@ pub enum HandshakeError {
     Io(#[from] std::io::Error),
 }
 
-/// Runs the handshake on `stream`. Not cancel-safe: callers bound it with a timeout and
-/// drop the socket when it fires.
-pub async fn handshake(
+/// Runs the handshake on `stream` for connection `id`. Not cancel-safe: callers bound it
+/// with a timeout and drop the socket when it fires.
+///
+/// The login is registered in the broker's sessions (see [`crate::sessions`]) as soon as
+/// the user is known, before a key is admitted; the returned [`Session`] must live as
+/// long as the connection. Its stop fires with `shutdown` or when the user is revoked,
+/// possibly already during the handshake.
+pub async fn handshake<'b>(
     stream: &mut TcpStream,
     rbuf: &mut BytesMut,
     peer: SocketAddr,
-    config: &BrokerConfig,
-) -> Result<Negotiated, HandshakeError> {
+    broker: &'b Broker,
+    id: ConnId,
+    shutdown: &CancellationToken,
+) -> Result<(Negotiated, Session<'b>), HandshakeError> {
+    let config = &broker.config;
+    let register = |user: &str| broker.sessions.register(user, id, shutdown);
     while rbuf.len() < PROTOCOL_HEADER.len() {
         if stream.read_buf(rbuf).await? == 0 {
             return Err(HandshakeError::Closed);
@@ -101,16 +112,21 @@ pub async fn handshake(
         let client = start_ok.response.as_bytes();
         let client = String::from_utf8_lossy(&client[..client.len().min(MAX_NAME_LEN)]);
         tracing::debug!(%peer, %client, "{mechanism} login");
-        key_login(stream, rbuf, peer, config, authority).await?
+        key_login(stream, rbuf, peer, config, authority, register).await?
     } else {
+        // Password users are fixed in the configuration: nothing to register first.
         authenticate(
             mechanism,
             start_ok.response.as_bytes(),
             peer.ip(),
             &config.users,
         )
+        .map(|login| {
+            let session = register(&login.user);
+            (login, session)
+        })
     };
-    let Login { user, permissions } = match login {
+    let (Login { user, permissions }, session) = match login {
         Ok(login) => login,
         Err(reason) => {
             return refuse(stream, rbuf, AmqpError::access_refused(reason), config).await;
@@ -186,7 +202,7 @@ pub async fn handshake(
         AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
     )
     .await?;
-    Ok(Negotiated {
+    let negotiated = Negotiated {
         frame_max,
         channel_max,
         heartbeat: tune_ok.heartbeat,
@@ -194,19 +210,22 @@ pub async fn handshake(
         permissions,
         cancel_notify,
         blocked_notify,
-    })
+    };
+    Ok((negotiated, session))
 }
 
 /// The `secure`/`secure-ok` round of a `DISPATCH-ED25519` login: a fresh challenge, the
 /// proof read under the usual frame bound, then the authority's decision (`Err` is the
-/// reason to refuse).
-async fn key_login(
+/// reason to refuse). The verified proof's id is registered with `register` before the
+/// authority is asked, so a revocation recorded after `admit` still finds this login.
+async fn key_login<'b>(
     stream: &mut TcpStream,
     rbuf: &mut BytesMut,
     peer: SocketAddr,
     config: &BrokerConfig,
     authority: &Arc<dyn KeyAuthority>,
-) -> Result<Result<Login, String>, HandshakeError> {
+    register: impl FnOnce(&str) -> Session<'b>,
+) -> Result<Result<(Login, Session<'b>), String>, HandshakeError> {
     let challenge = Challenge::new(authority.broker_key());
     let secure = connection::Secure {
         challenge: challenge.encode().into(),
@@ -223,7 +242,14 @@ async fn key_login(
             return refuse(stream, rbuf, err, config).await;
         }
     };
-    Ok(authenticate_key(authority, proof.as_bytes(), &challenge, peer).await)
+    let (proof, key) = match Proof::verify(proof.as_bytes(), &challenge) {
+        Ok(verified) => verified,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    let session = register(&proof.id);
+    Ok(admit_key(authority, proof, key, peer)
+        .await
+        .map(|login| (login, session)))
 }
 
 fn start_method(mechanisms: &str) -> AMQPClass {

@@ -6,7 +6,8 @@
 //! Reading pauses while the outbox is over its bound, so a client that does not read
 //! cannot make the broker buffer without limit. A peer silent for two heartbeat
 //! intervals is dead. Connection errors send `connection.close` and wait (bounded) for
-//! `close-ok`; broker shutdown does the same with 320 CONNECTION_FORCED.
+//! `close-ok`; broker shutdown does the same with 320 CONNECTION_FORCED, and so does
+//! revoking the connection's user ([`Broker::close_connections_of`]).
 
 pub mod auth;
 pub mod handshake;
@@ -21,6 +22,7 @@ use crate::config::{CLOSE_TIMEOUT, HANDSHAKE_TIMEOUT, MEMORY_ALARM_POLL, OUTBOX_
 use crate::error::{AmqpError, code};
 use crate::outbox::{Outbox, batch};
 use crate::queue::ConnId;
+use crate::sessions::Stop;
 use amq_protocol::protocol::{AMQPClass, connection};
 use bytes::BytesMut;
 use handshake::{Negotiated, handshake};
@@ -67,13 +69,14 @@ pub async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     let mut rbuf = BytesMut::with_capacity(READ_BUFFER);
-    let tuning = match tokio::time::timeout(
+    let id = broker.next_connection_id();
+    let (tuning, session) = match tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        handshake(&mut stream, &mut rbuf, peer, &broker.config),
+        handshake(&mut stream, &mut rbuf, peer, &broker, id, &shutdown),
     )
     .await
     {
-        Ok(Ok(tuning)) => tuning,
+        Ok(Ok(opened)) => opened,
         Ok(Err(e)) => {
             tracing::info!(%peer, "handshake failed: {e}");
             return;
@@ -83,7 +86,6 @@ pub async fn serve(
             return;
         }
     };
-    let id = broker.next_connection_id();
     tracing::debug!(%peer, conn = id, user = %tuning.user, "connection open");
     let (reader, writer) = stream.into_split();
     let outbox = Arc::new(Outbox::new(writer, OUTBOX_HIGH_WATER));
@@ -108,8 +110,10 @@ pub async fn serve(
         outbox: outbox.clone(),
         id,
     };
-    conn.read_loop(reader, rbuf, heartbeat, shutdown).await;
+    conn.read_loop(reader, rbuf, heartbeat, session.stop())
+        .await;
     drop(released);
+    drop(session); // it holds no more rights; only the close is left to flush
     let mut writer = writer;
     if tokio::time::timeout(CLOSE_TIMEOUT, &mut writer)
         .await
@@ -141,16 +145,21 @@ impl Connection {
         mut reader: OwnedReadHalf,
         mut rbuf: BytesMut,
         heartbeat: Option<Duration>,
-        shutdown: CancellationToken,
+        stop: &Stop,
     ) {
         // A peer is dead after two silent heartbeat intervals.
         let idle_limit = heartbeat.map_or(Duration::MAX, |h| h * 2);
         let mut close_deadline: Option<tokio::time::Instant> = None;
         loop {
+            // Revoked (or shut down) while frames were in flight: handle none of them
+            // with the old permissions. Also catches a revocation during the handshake.
+            if stop.is_cancelled() && !self.closing {
+                self.forced_close(stop);
+            }
             match batch(|| self.handle_buffered_frames(&mut rbuf)) {
                 Flow::Done => return,
                 Flow::Blocked => {
-                    self.wait_out_memory_alarm(&shutdown).await;
+                    self.wait_out_memory_alarm(stop).await;
                     continue;
                 }
                 Flow::Continue => {}
@@ -164,9 +173,7 @@ impl Connection {
             // Backpressure: read nothing more while the client is not reading its output.
             if self.outbox.is_full() {
                 tokio::select! {
-                    () = shutdown.cancelled(), if !self.closing => {
-                        self.close_connection(AmqpError::new(code::CONNECTION_FORCED, "broker shutdown"));
-                    }
+                    () = stop.cancelled(), if !self.closing => self.forced_close(stop),
                     () = self.outbox.wait_for_room() => {}
                 }
                 continue;
@@ -176,9 +183,7 @@ impl Connection {
             }
             tokio::select! {
                 biased;
-                () = shutdown.cancelled(), if !self.closing => {
-                    self.close_connection(AmqpError::new(code::CONNECTION_FORCED, "broker shutdown"));
-                }
+                () = stop.cancelled(), if !self.closing => self.forced_close(stop),
                 read = tokio::time::timeout(wait, reader.read_buf(&mut rbuf)) => match read {
                     Ok(Ok(0) | Err(_)) => return,
                     Ok(Ok(_)) => {}
@@ -195,7 +200,7 @@ impl Connection {
     /// Stops reading from a publisher (a connection about to publish) until memory is
     /// back under the limit, as RabbitMQ does; others keep flowing. Tells
     /// clients that understand it with `connection.blocked` / `unblocked`.
-    async fn wait_out_memory_alarm(&mut self, shutdown: &CancellationToken) {
+    async fn wait_out_memory_alarm(&mut self, stop: &Stop) {
         tracing::info!(
             conn = self.id,
             "memory alarm: blocking a publishing connection"
@@ -211,8 +216,8 @@ impl Connection {
         }
         while self.broker.memory_alarm() {
             tokio::select! {
-                () = shutdown.cancelled() => {
-                    self.close_connection(AmqpError::new(code::CONNECTION_FORCED, "broker shutdown"));
+                () = stop.cancelled() => {
+                    self.forced_close(stop);
                     return;
                 }
                 () = tokio::time::sleep(MEMORY_ALARM_POLL) => {}
@@ -321,6 +326,11 @@ impl Connection {
             ))
             .during(class_id, method_id)),
         }
+    }
+
+    /// Closes with 320 CONNECTION_FORCED: the broker shuts down or the user was revoked.
+    fn forced_close(&mut self, stop: &Stop) {
+        self.close_connection(AmqpError::new(code::CONNECTION_FORCED, stop.reason()));
     }
 
     /// Sends `connection.close` and waits (in the read loop) for `close-ok`.

@@ -20,9 +20,6 @@ use anyhow::{Context, Result, bail};
 /// Longest wait for the broker's "listening on" line.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Longest wait for `cargo build` of the broker (it may queue behind other builds).
-const BUILD_TIMEOUT: Duration = Duration::from_secs(1200);
-
 const BINARY: &str = "dispatch-broker";
 
 #[derive(Debug)]
@@ -158,49 +155,5 @@ fn report_exit(child: &mut Child) {
 
 /// `dispatch-broker` beside this executable, built first when running under cargo.
 fn default_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating this executable")?;
-    let dir = exe.parent().context("this executable has no directory")?;
-    let bin = dir.join(BINARY);
-    if let Some(cargo) = std::env::var_os("CARGO") {
-        build(Path::new(&cargo), dir)?;
-    }
-    Ok(bin)
-}
-
-/// `cargo build --bin dispatch-broker` with the profile of the directory we run from.
-fn build(cargo: &Path, dir: &Path) -> Result<()> {
-    let mut command = Command::new(cargo);
-    command.args(["build", "--quiet", "--bin", BINARY]);
-    match dir.file_name().and_then(|name| name.to_str()) {
-        Some("release") => {
-            command.arg("--release");
-        }
-        Some("debug") => {}
-        Some(profile) => {
-            command.args(["--profile", profile]);
-        }
-        None => {}
-    }
-    if let Some(manifest_dir) = std::env::var_os("CARGO_MANIFEST_DIR") {
-        command
-            .arg("--manifest-path")
-            .arg(Path::new(&manifest_dir).join("Cargo.toml"));
-    }
-    eprintln!("   building {BINARY} ...");
-    let mut child = command.spawn().context("running cargo build")?;
-    let deadline = std::time::Instant::now() + BUILD_TIMEOUT;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            if !status.success() {
-                bail!("cargo build --bin {BINARY} failed ({status})");
-            }
-            return Ok(());
-        }
-        if std::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("cargo build --bin {BINARY} took longer than {BUILD_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    Ok(super::sibling_dir(&[BINARY])?.join(BINARY))
 }

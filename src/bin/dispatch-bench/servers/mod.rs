@@ -7,14 +7,18 @@
 mod embedded;
 mod rabbitmq;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use crate::cli::TargetSpec;
 use crate::flow;
 use crate::probe::Probe;
+
+/// Longest wait for `cargo build` of sibling binaries (it may queue behind other builds).
+const BUILD_TIMEOUT: Duration = Duration::from_secs(1200);
 
 /// How long a started broker may take to accept its first AMQP connection.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -135,5 +139,59 @@ fn terminate(pid: u32, grace: Duration) {
     if alive(pid) {
         eprintln!("   pid {pid} ignored SIGTERM for {grace:?}; killing it");
         signal(pid, "KILL");
+    }
+}
+
+/// The directory of this executable, where cargo puts the workspace's other binaries;
+/// under `cargo run` (the `CARGO` variable is set) `bins` are built there first with the
+/// same profile, so a run never measures a stale or missing binary.
+pub(crate) fn sibling_dir(bins: &[&str]) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating this executable")?;
+    let dir = exe.parent().context("this executable has no directory")?;
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        build(Path::new(&cargo), dir, bins)?;
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// `cargo build --bin B…` with the profile of the directory we run from.
+fn build(cargo: &Path, dir: &Path, bins: &[&str]) -> Result<()> {
+    let mut command = Command::new(cargo);
+    command.args(["build", "--quiet"]);
+    for bin in bins {
+        command.args(["--bin", bin]);
+    }
+    match dir.file_name().and_then(|name| name.to_str()) {
+        Some("release") => {
+            command.arg("--release");
+        }
+        Some("debug") => {}
+        Some(profile) => {
+            command.args(["--profile", profile]);
+        }
+        None => {}
+    }
+    if let Some(manifest_dir) = std::env::var_os("CARGO_MANIFEST_DIR") {
+        command
+            .arg("--manifest-path")
+            .arg(Path::new(&manifest_dir).join("Cargo.toml"));
+    }
+    let names = bins.join(", ");
+    eprintln!("   building {names} ...");
+    let mut child = command.spawn().context("running cargo build")?;
+    let deadline = Instant::now() + BUILD_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                bail!("cargo build of {names} failed ({status})");
+            }
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("cargo build of {names} took longer than {BUILD_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
