@@ -98,7 +98,7 @@ fn collect(stream: impl AsyncRead + Unpin + Send + 'static, lines: Arc<Lines>) {
 }
 
 impl Daemon {
-    fn spawn(name: &str, mut command: Command) -> Daemon {
+    pub fn spawn(name: &str, mut command: Command) -> Daemon {
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
