@@ -175,10 +175,11 @@ impl Cluster {
         };
         say(&format!(
             "master   ready on {}, key fingerprint {}",
-            ready.addr, ready.fingerprint
+            ready.listening.as_deref().unwrap_or(&ready.broker),
+            ready.fingerprint
         ));
 
-        let url = format!("amqp://{}", ready.addr);
+        let url = format!("amqp://{}", ready.listening.as_deref().unwrap_or_default());
         let (minions_stop, stop_rx) = watch::channel(false);
         let mut minions = Vec::new();
         for (id, group) in MINIONS {

@@ -56,6 +56,20 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     .await;
 }
 
+/// [`eventually`] for checks that talk to the daemons (run the CLI, read a file).
+pub async fn eventually_async<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    within(what, async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+}
+
 /// Lines a process printed so far, and a wake-up for each new one.
 #[derive(Default)]
 struct Lines {
@@ -201,7 +215,10 @@ pub struct CliOutput {
 pub struct Master {
     pub daemon: Daemon,
     home: tempfile::TempDir,
-    addr: SocketAddr,
+    /// Where the embedded broker listens; `None` with an external broker.
+    addr: Option<SocketAddr>,
+    /// The external broker's URL, when the master uses one.
+    external: Option<String>,
     args: Vec<String>,
 }
 
@@ -214,8 +231,28 @@ impl Master {
         Master {
             daemon,
             home,
-            addr,
+            addr: Some(addr),
+            external: None,
             args,
+        }
+    }
+
+    /// Starts a master that uses the external broker at `url` (e.g. RabbitMQ).
+    pub async fn start_external(url: &str) -> Master {
+        let home = tempfile::tempdir().expect("temp dir");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_dispatch"));
+        command
+            .arg("--data-dir")
+            .arg(home.path().join("master"))
+            .args(["master", "--broker", url]);
+        let daemon = Daemon::spawn("dispatch master", command);
+        daemon.wait_for("using broker").await;
+        Master {
+            daemon,
+            home,
+            addr: None,
+            external: Some(url.to_owned()),
+            args: Vec::new(),
         }
     }
 
@@ -238,21 +275,40 @@ impl Master {
 
     /// Stops the master (SIGTERM) and starts it again on the same port and data dir.
     pub async fn restart(&mut self) {
+        self.restart_after(Duration::ZERO).await;
+    }
+
+    /// Stops the master, stays down for `down` (a deadline, e.g. for missed schedule
+    /// times), then starts it again on the same port and data dir.
+    pub async fn restart_after(&mut self, down: Duration) {
         let status = self.daemon.terminate().await;
         assert!(
             status.success(),
             "master exit: {status}\n{}",
             self.daemon.output()
         );
-        let listen = self.addr.to_string();
+        tokio::time::sleep(down).await;
+        let listen = self
+            .addr
+            .expect("restart() needs the embedded broker")
+            .to_string();
         let (daemon, addr) = Self::launch(self.home.path(), &listen, &self.args).await;
         self.daemon = daemon;
-        self.addr = addr;
+        self.addr = Some(addr);
     }
 
     /// The URL minions and the CLI are given.
     pub fn url(&self) -> String {
-        format!("amqp://{}", self.addr)
+        match (&self.external, self.addr) {
+            (Some(url), _) => url.clone(),
+            (None, Some(addr)) => format!("amqp://{addr}"),
+            (None, None) => unreachable!("a master has a broker"),
+        }
+    }
+
+    /// The master key's fingerprint, as minions on an external broker are given it.
+    pub fn fingerprint(&self) -> String {
+        self.master_key().public().fingerprint().to_string()
     }
 
     pub fn data_dir(&self) -> PathBuf {

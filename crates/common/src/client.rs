@@ -21,6 +21,22 @@ pub fn has_credentials(url: &str) -> bool {
     authority.contains('@')
 }
 
+/// The URL without its password, for logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
 /// Connects to `url`, with `sasl` unless the URL carries credentials. `name` is the
 /// connection name the broker shows. Not bounded in time: callers add their timeout.
 pub async fn connect(url: &str, sasl: SaslClient, name: &str) -> lapin::Result<Connection> {
@@ -74,12 +90,21 @@ impl AuthProvider for ReportingAuth {
 
 #[cfg(test)]
 mod tests {
-    use super::has_credentials;
+    use super::{has_credentials, redact};
 
     #[test]
     fn credentials_are_read_from_the_authority_only() {
         assert!(has_credentials("amqp://guest:guest@127.0.0.1:5672/%2f"));
         assert!(!has_credentials("amqp://127.0.0.1:5672"));
         assert!(!has_credentials("amqp://127.0.0.1:5672/%2f?x=a@b"));
+    }
+
+    #[test]
+    fn passwords_never_reach_the_logs() {
+        assert_eq!(
+            redact("amqp://minion:s3cret@rabbit:5672/%2f"),
+            "amqp://minion:***@rabbit:5672/%2f"
+        );
+        assert_eq!(redact("amqp://127.0.0.1:5672"), "amqp://127.0.0.1:5672");
     }
 }

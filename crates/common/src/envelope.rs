@@ -26,6 +26,8 @@ pub mod domain {
     pub const EVENT: &str = "dispatch/event/v1";
     /// Minion presence announcements (up, heartbeat, down).
     pub const PRESENCE: &str = "dispatch/presence/v1";
+    /// Key requests of minions on an external broker, signed with the key they ask for.
+    pub const KEY_REQUEST: &str = "dispatch/key-request/v1";
     /// The SASL proof of a connecting client.
     pub const SASL: &str = "dispatch/sasl/v1";
 }

@@ -100,3 +100,16 @@ pub struct Presence {
     /// False in the last announcement of a minion that is shutting down.
     pub up: bool,
 }
+
+/// A minion on an external broker asking for its key to be accepted, published to
+/// [`KEY_REQUESTS_QUEUE`](crate::names::KEY_REQUESTS_QUEUE) at every connect and signed
+/// under [`domain::KEY_REQUEST`](crate::envelope::domain::KEY_REQUEST) with the key it
+/// asks for (so the master knows the sender holds it). On the embedded broker the SASL
+/// login does the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRequest {
+    pub id: String,
+    pub role: crate::rpc::Role,
+    pub groups: Vec<String>,
+    pub at_ms: u64,
+}

@@ -59,6 +59,9 @@ pub const COMMANDS_EXCHANGE: &str = "dispatch.commands";
 pub const RESULTS_QUEUE: &str = "dispatch.results";
 /// The master's request/response queue (CLI and other clients).
 pub const MASTER_RPC_QUEUE: &str = "dispatch.master.rpc";
+/// Durable queue of key requests: how minions on an external broker (where the master
+/// sees no login) ask to be accepted. The master consumes it.
+pub const KEY_REQUESTS_QUEUE: &str = "dispatch.master.keys";
 /// Topic exchange of job and minion events, for watchers.
 pub const EVENTS_EXCHANGE: &str = "dispatch.events";
 /// Fanout exchange that expired commands are dead-lettered to.

@@ -38,7 +38,8 @@ pub struct Accepted {
 }
 
 impl Accepted {
-    fn push(&self, record: KeyRecord) {
+    /// Hands over a key accepted outside the RPC path.
+    pub fn push(&self, record: KeyRecord) {
         self.records
             .lock()
             .unwrap_or_else(|e| e.into_inner())

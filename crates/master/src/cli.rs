@@ -1,13 +1,15 @@
 //! The `dispatch` command line: parse into [`Cli`], then run the master daemon or one
-//! operator verb. Verbs that need checking beyond clap (`run`, `job`, `jobs`, `events`)
-//! turn their arguments into a validated plan before any I/O.
+//! operator verb. Verbs that need checking beyond clap (`run`, `job`, `jobs`, `events`,
+//! `schedule`) turn their arguments into a validated plan before any I/O; `run` and
+//! `schedule add` share their targeting and execution options ([`RunOptions`]).
 //!
 //! Exit codes ([`exit`]):
 //! - 0: success (`dispatch events`: stopped by Ctrl-C or a closed stdout);
 //! - 1: the master refused or failed the request (the message says why; for
-//!   `dispatch job`, also an unknown or ambiguous job id), or, for `dispatch run` and
-//!   `dispatch job`, a minion returned non-zero, was killed, could not start the command,
-//!   refused it or was interrupted;
+//!   `dispatch job`, also an unknown or ambiguous job id; for `dispatch schedule`, an
+//!   invalid cron expression, an unknown schedule or a name already taken), or, for
+//!   `dispatch run` and `dispatch job`, a minion returned non-zero, was killed, could
+//!   not start the command, refused it or was interrupted;
 //! - 2: usage, key or connection errors (`dispatch events`: the connection dropped);
 //! - 3 (`dispatch run`, `dispatch job`): a target did not return: it timed out, is
 //!   offline (the command waits in its queue until the TTL), expired there, is still
@@ -96,6 +98,9 @@ pub enum Command {
     /// Print job and minion events as they happen, until Ctrl-C.
     #[command(after_long_help = EVENTS_AFTER_HELP)]
     Events(EventsArgs),
+    /// Run commands on a cron schedule: add, list, show, remove, pause, resume, run-now.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
 }
 
 const JOB_AFTER_HELP: &str = "\
@@ -209,6 +214,22 @@ Exit codes:
 /// it and turns it into a request.
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    #[command(flatten)]
+    pub options: RunOptions,
+    /// Do not wait: print the job id and exit 0 (`dispatch job JID` shows the returns).
+    #[arg(long = "async")]
+    pub detach: bool,
+    /// How returns are printed: text as they arrive, JSON lines as they arrive, or a
+    /// YAML list at the end.
+    #[arg(long, value_enum, default_value_t = RunOutput::Text)]
+    pub out: RunOutput,
+}
+
+/// What to run where: the targeting and execution options and the words of every verb
+/// that runs a command (`dispatch run`, `dispatch schedule add`), checked by
+/// [`crate::run_cmd::run_spec`].
+#[derive(Debug, Args)]
+pub struct RunOptions {
     /// Every minion of this group; the first positional is then CMD.
     #[arg(short = 'G', long, value_name = "NAME", conflicts_with = "list")]
     pub group: Option<String>,
@@ -233,16 +254,9 @@ pub struct RunArgs {
     /// The working directory of the command on the minions (an absolute path).
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<String>,
-    /// Do not wait: print the job id and exit 0 (`dispatch job JID` shows the returns).
-    #[arg(long = "async")]
-    pub detach: bool,
     /// Rolling batches: at most N (or N% of the targets) online minions at once.
     #[arg(long, value_name = "N|N%", value_parser = Batch::parse)]
     pub batch: Option<Batch>,
-    /// How returns are printed: text as they arrive, JSON lines as they arrive, or a
-    /// YAML list at the end.
-    #[arg(long, value_enum, default_value_t = RunOutput::Text)]
-    pub out: RunOutput,
     /// TARGET, then CMD and its ARGS (no TARGET with -G or -L).
     #[arg(
         value_name = "TARGET CMD [ARGS]",
@@ -252,6 +266,122 @@ pub struct RunArgs {
         allow_hyphen_values = true
     )]
     pub words: Vec<String>,
+}
+
+const SCHEDULE_ADD_AFTER_HELP: &str = "\
+EXPR is read on the wall clock of ZONE (default UTC):
+  '*/5 * * * *'      5 fields: minute hour day-of-month month day-of-week
+  '*/10 * * * * *'   6 fields: seconds first
+  @hourly @daily @weekly @monthly @yearly (@midnight = @daily)
+A daylight-saving change never makes a firing happen twice; a fixed time that falls in
+a skipped hour runs once, just after it.
+
+TARGET, CMD and the run options are those of `dispatch run` (see `dispatch run --help`):
+options come before TARGET, everything after CMD is passed to it verbatim. Each firing
+is an ordinary job whose origin is the schedule's name (`dispatch jobs`).
+
+Examples:
+  dispatch schedule add backup.db --cron '0 2 * * *' --tz Europe/Berlin -G db -- pg_dump -Fc app
+  dispatch schedule add health --cron '*/5 * * * *' --splay 30s 'web.*' curl -fsS localhost/health
+  dispatch schedule add sweep --cron @hourly --overlap allow --shell '*' 'find /tmp -mtime +7 -delete'
+
+Exit codes:
+  0  added; the next three fire times are printed
+  1  the master refused it (invalid or never-firing EXPR, existing NAME)
+  2  usage or connection error (bad NAME, ZONE, TARGET or option)";
+
+/// `dispatch schedule …`; [`crate::schedule_cmd::plan`] checks it.
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Add a schedule: run a command on a target at the times a cron expression names.
+    #[command(
+        override_usage = "dispatch schedule add NAME --cron EXPR [OPTIONS] TARGET CMD [ARGS]...\n       \
+                          dispatch schedule add NAME --cron EXPR [OPTIONS] -G GROUP CMD [ARGS]...\n       \
+                          dispatch schedule add NAME --cron EXPR [OPTIONS] -L ID,ID,... CMD [ARGS]...",
+        after_long_help = SCHEDULE_ADD_AFTER_HELP
+    )]
+    Add(Box<ScheduleAddArgs>),
+    /// List the schedules: next and last run, last job and its outcome.
+    List {
+        #[arg(long, value_enum, default_value_t = ViewOutput::Text)]
+        out: ViewOutput,
+    },
+    /// Show one schedule: its next fire times, last run and run options.
+    Show {
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[arg(long, value_enum, default_value_t = ViewOutput::Text)]
+        out: ViewOutput,
+    },
+    /// Remove a schedule (the jobs it fired stay in the job store).
+    Remove {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// Pause a schedule: it does not fire until it is resumed.
+    Pause {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// Resume a paused schedule; fire times that passed while it was paused are not run.
+    Resume {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// Fire a schedule once now, outside its times, and print the job id.
+    RunNow {
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// The job id alone, or a JSON object with the expected and offline minions.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        out: Output,
+    },
+}
+
+/// `dispatch schedule add NAME --cron EXPR [OPTIONS] TARGET CMD [ARGS]…` as typed.
+#[derive(Debug, Args)]
+pub struct ScheduleAddArgs {
+    /// The schedule's name: dot-separated segments of a-z, 0-9, '-' and '_'.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// When to fire: 5 cron fields, 6 with seconds first, or an alias such as @daily.
+    #[arg(long, value_name = "EXPR")]
+    pub cron: String,
+    /// The IANA time zone EXPR is read in (e.g. Europe/Berlin, America/New_York).
+    #[arg(long, value_name = "ZONE", default_value = crate::schedule::DEFAULT_TZ)]
+    pub tz: String,
+    /// What a firing does while online minions still run the previous one.
+    #[arg(long, value_enum, default_value_t = OverlapArg::Skip)]
+    pub overlap: OverlapArg,
+    /// What happens to fire times that passed while the master was down.
+    #[arg(long, value_enum, default_value_t = MissedArg::Skip)]
+    pub missed: MissedArg,
+    /// Start each firing after a random delay below DUR (e.g. 30s).
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+    pub splay: Option<Duration>,
+    /// How the added schedule is printed.
+    #[arg(long, value_enum, default_value_t = ViewOutput::Text)]
+    pub out: ViewOutput,
+    #[command(flatten)]
+    pub options: RunOptions,
+}
+
+/// `--overlap`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OverlapArg {
+    /// Record the firing as skipped.
+    Skip,
+    /// Fire anyway.
+    Allow,
+}
+
+/// `--missed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MissedArg {
+    /// Record them as skipped and wait for the next fire time.
+    Skip,
+    /// Fire once on start-up, however many passed.
+    RunOnce,
 }
 
 #[derive(Debug, Args)]
@@ -405,7 +535,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let announce = |ready: &crate::daemon::Ready| {
                 println!("master fingerprint {}", ready.fingerprint);
-                println!("{}{}", dispatch_common::READY_LINE_PREFIX, ready.addr);
+                match &ready.listening {
+                    Some(addr) => println!("{}{addr}", dispatch_common::READY_LINE_PREFIX),
+                    None => println!("using broker {}", ready.broker),
+                }
             };
             crate::daemon::run(config, dispatch_broker::cli::shutdown_signal(), announce).await?;
             Ok(ExitCode::SUCCESS)
@@ -450,6 +583,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let plan = crate::events_cmd::plan(args)?;
             let operator = operator(&data_dir, cli.master_fingerprint)?;
             crate::events_cmd::run(&cli.master, operator, plan).await
+        }
+        Command::Schedule(verb) => {
+            let plan = crate::schedule_cmd::plan(verb)?;
+            let operator = operator(&data_dir, cli.master_fingerprint)?;
+            crate::schedule_cmd::run(&cli.master, operator, plan).await
         }
     }
 }

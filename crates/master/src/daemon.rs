@@ -17,11 +17,11 @@ use crate::rpc::{Responder, RpcServer};
 use crate::schedule::SystemClock;
 use crate::scheduler::Scheduler;
 use crate::store::JobStore;
-use crate::{results, topology};
+use crate::{key_requests, results, topology};
 use anyhow::Context;
 use dispatch_broker::{Broker, BrokerConfig, User};
 use dispatch_common::keys::{Fingerprint, KeyPair};
-use dispatch_common::names::{EXPIRED_QUEUE, MASTER_RPC_QUEUE, RESULTS_QUEUE};
+use dispatch_common::names::{EXPIRED_QUEUE, KEY_REQUESTS_QUEUE, MASTER_RPC_QUEUE, RESULTS_QUEUE};
 use dispatch_common::rpc::Role;
 use dispatch_common::sasl::SaslClient;
 use futures_lite::StreamExt;
@@ -56,8 +56,11 @@ pub struct MasterConfig {
 /// What a started master tells whoever started it.
 #[derive(Debug, Clone)]
 pub struct Ready {
-    /// The broker address minions and the CLI use.
-    pub addr: String,
+    /// Where the embedded broker listens, for minions and the CLI (`None` with an
+    /// external broker).
+    pub listening: Option<String>,
+    /// The broker URL the master uses, without its password.
+    pub broker: String,
     pub fingerprint: Fingerprint,
 }
 
@@ -195,13 +198,18 @@ async fn serve(
         connection.create_channel().await?,
         connection.clone(),
     );
-    let addr = url.trim_start_matches("amqp://").trim_end_matches("/%2f");
+    let broker_url = dispatch_common::client::redact(url);
     tracing::info!(
-        "dispatch master {} ready on {addr}",
+        "dispatch master {} ready on {broker_url}",
         dispatch_common::VERSION
     );
     ready(&Ready {
-        addr: addr.to_owned(),
+        listening: broker.as_ref().map(|_| {
+            url.trim_start_matches("amqp://")
+                .trim_end_matches("/%2f")
+                .to_owned()
+        }),
+        broker: broker_url,
         fingerprint: master.public().fingerprint(),
     });
 
@@ -248,6 +256,23 @@ async fn serve(
         loops.clone(),
     ));
     tasks.spawn(prune_loop(history, *keep_jobs, loops.clone()));
+    let requests = consume(&connection, KEY_REQUESTS_QUEUE).await?;
+    let (requests_channel, requests_registry) = (requests.0.clone(), registry.clone());
+    let requests_accepted = accepted.clone();
+    tasks.spawn(consume_loop(
+        "key requests",
+        requests.1,
+        loops.clone(),
+        move |delivery| {
+            key_requests::record(&delivery.data, &requests_registry, &requests_accepted);
+            let channel = requests_channel.clone();
+            async move {
+                channel
+                    .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
+                    .await
+            }
+        },
+    ));
     let expired = consume(&connection, EXPIRED_QUEUE).await?;
     let expired_channel = expired.0.clone();
     tasks.spawn(consume_loop(

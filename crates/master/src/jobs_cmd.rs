@@ -126,7 +126,7 @@ pub fn jobs_table(jobs: &[JobListing], now_ms: u64, filtered: bool) -> String {
                 submitted,
                 job.submitted_by.clone(),
                 job.target.clone(),
-                cut(&job.command, COMMAND_WIDTH),
+                render::cut(&job.command, COMMAND_WIDTH),
                 render::state_counts(&job.counts),
             ]
         })
@@ -135,17 +135,6 @@ pub fn jobs_table(jobs: &[JobListing], now_ms: u64, filtered: bool) -> String {
         ["JOB ID", "SUBMITTED", "BY", "TARGET", "COMMAND", "STATES"],
         &rows,
     )
-}
-
-/// `text` cut to `width` characters, the last one an ellipsis when cut; control
-/// characters (a newline in a shell line) shown as spaces so a row stays one line.
-fn cut(text: &str, width: usize) -> String {
-    let clean = || text.chars().map(|c| if c.is_control() { ' ' } else { c });
-    if text.chars().count() <= width {
-        clean().collect()
-    } else {
-        clean().take(width - 1).chain(['…']).collect()
-    }
 }
 
 /// The JSON (and YAML) objects of the answer.
@@ -337,9 +326,9 @@ mod tests {
 
     #[test]
     fn commands_are_cut_to_one_line() {
-        assert_eq!(cut("a\nb", 40), "a b");
-        assert_eq!(cut("abcdef", 4), "abc…");
-        assert_eq!(cut("abcd", 4), "abcd");
+        assert_eq!(render::cut("a\nb", 40), "a b");
+        assert_eq!(render::cut("abcdef", 4), "abc…");
+        assert_eq!(render::cut("abcd", 4), "abcd");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! - [`cli`]: the command line, parsed into a plan, and the exit codes;
 //! - [`daemon`]: `dispatch master`, its embedded broker and serving loops;
 //! - [`registry`]: the key registry as files; [`authority`]: the registry as the
-//!   embedded broker's gatekeeper;
+//!   embedded broker's gatekeeper; [`key_requests`]: key requests over an external
+//!   broker;
 //! - [`topology`]: the exchanges and queues the master owns;
 //! - [`rpc`]: the signed request/response API; [`results`]: verifying minion replies;
 //! - [`jobs`]: resolving, publishing and following runs; [`store`]: the SQLite job
@@ -14,7 +15,8 @@
 //! - [`client`]: the CLI's side of the RPC API; [`key_cmd`]: `dispatch key …`;
 //!   [`run_cmd`]: `dispatch run` (plan, submit, render returns); [`minions_cmd`]:
 //!   `dispatch minions`; [`job_cmd`]: `dispatch job`; [`jobs_cmd`]: `dispatch jobs`;
-//!   [`events_cmd`]: `dispatch events`; [`render`]: tables and times for people;
+//!   [`events_cmd`]: `dispatch events`; [`schedule_cmd`]: `dispatch schedule …`;
+//!   [`render`]: tables and times for people;
 //! - [`layout`]: the data dir and every default.
 
 pub mod authority;
@@ -27,6 +29,7 @@ pub mod job_cmd;
 pub mod jobs;
 pub mod jobs_cmd;
 pub mod key_cmd;
+pub mod key_requests;
 pub mod layout;
 pub mod minions_cmd;
 pub mod presence;
@@ -36,6 +39,7 @@ pub mod results;
 pub mod rpc;
 pub mod run_cmd;
 pub mod schedule;
+pub mod schedule_cmd;
 pub mod scheduler;
 pub mod store;
 pub mod topology;

@@ -1,4 +1,5 @@
-//! Printing helpers shared by the CLI verbs: aligned tables, times and state counts.
+//! Printing helpers shared by the CLI verbs: aligned tables, cells, times and state
+//! counts.
 //!
 //! Verbs build their rows as strings and hand them here; nothing in this module does I/O.
 
@@ -56,6 +57,18 @@ pub fn ago(ms: u64, now_ms: u64) -> String {
 /// A duration as a flag would take it: `30s`, `1h`, `1h 30m`.
 pub fn duration(duration: Duration) -> String {
     humantime::format_duration(duration).to_string()
+}
+
+/// `text` as one table cell of at most `width` characters: control characters (a
+/// newline in a shell line) shown as spaces, and the last character an ellipsis when
+/// cut.
+pub fn cut(text: &str, width: usize) -> String {
+    let clean = || text.chars().map(|c| if c.is_control() { ' ' } else { c });
+    if text.chars().count() <= width {
+        clean().collect()
+    } else {
+        clean().take(width.saturating_sub(1)).chain(['…']).collect()
+    }
 }
 
 /// How many minions are in each state, in [`MinionState::ALL`] order, states with none
@@ -118,6 +131,13 @@ mod tests {
         ];
         assert_eq!(state_counts(&counts), "2 succeeded, 1 queued");
         assert_eq!(state_counts(&[]), "-");
+    }
+
+    #[test]
+    fn cells_are_cut_to_one_line() {
+        assert_eq!(cut("a\nb", 40), "a b");
+        assert_eq!(cut("abcdef", 4), "abc…");
+        assert_eq!(cut("abcd", 4), "abcd");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `dispatch run`: submit a command to the master and render the returns it forwards.
 //!
 //! Flow: [`plan`] checks the arguments and builds the [`RunSpec`] before any I/O (a bad
-//! target costs no connection); [`run`] connects, sends it, and reads the master's
+//! target costs no connection; the targeting and execution options go through
+//! [`run_spec`], which `dispatch schedule add` shares); [`run`] connects, sends it, and reads the master's
 //! answers: first [`ResponseBody::Started`] (the job id and who is targeted), then one
 //! [`ResponseBody::Return`] per minion as the master records it, and last a
 //! [`ResponseBody::Summary`] naming who did not return when the wait (`--timeout`) ended.
@@ -72,7 +73,7 @@
 //! else 1 if any returned a failure, was refused or interrupted, else 0. 1 also when the
 //! master refuses the request; 2 for usage and connection errors; 130 after Ctrl-C.
 
-use crate::cli::{RunArgs, RunOutput, exit};
+use crate::cli::{RunArgs, RunOptions, RunOutput, exit};
 use crate::client::{MasterClient, Operator};
 use crate::render;
 use dispatch_common::message::{Exec, Outcome, Reply};
@@ -107,39 +108,80 @@ impl RunPlan {
     }
 }
 
-/// Why the arguments of `dispatch run` make no request (exit code 2).
+/// The verb whose run options are checked, named in the messages of [`PlanError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    /// `dispatch run`.
+    Run,
+    /// `dispatch schedule add`.
+    ScheduleAdd,
+}
+
+impl Verb {
+    /// The verb as typed after `dispatch`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verb::Run => "run",
+            Verb::ScheduleAdd => "schedule add",
+        }
+    }
+
+    /// How the verb takes a target and a command.
+    fn usage(self) -> &'static str {
+        match self {
+            Verb::Run => {
+                "`dispatch run TARGET CMD [ARGS]…` (or `dispatch run -G GROUP CMD [ARGS]…`)"
+            }
+            Verb::ScheduleAdd => {
+                "`dispatch schedule add NAME --cron EXPR TARGET CMD [ARGS]…` (or `… -G GROUP \
+                 CMD [ARGS]…`)"
+            }
+        }
+    }
+}
+
+/// Why the run options of `dispatch run` (or `dispatch schedule add`) make no request
+/// (exit code 2).
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     #[error(transparent)]
     Target(#[from] NameError),
-    #[error("unknown option '{0}' for `dispatch run`; see `dispatch run --help`")]
-    UnknownOption(String),
-    #[error(
-        "no command to run after the target '{0}': `dispatch run TARGET CMD [ARGS]…` \
-         (or `dispatch run -G GROUP CMD [ARGS]…`)"
-    )]
-    NoCommand(String),
+    #[error("unknown option '{word}' for `dispatch {name}`; see `dispatch {name} --help`", name = .verb.name())]
+    UnknownOption { verb: Verb, word: String },
+    #[error("no command to run after the target '{target}': {}", .verb.usage())]
+    NoCommand { verb: Verb, target: String },
     #[error("{0} must be longer than 0")]
     ZeroDuration(&'static str),
     #[error("--cwd must be an absolute path on the minions, not '{0}'")]
     RelativeCwd(String),
 }
 
-/// Turns the arguments into a request, checking everything that can be checked here.
+/// Turns the arguments of `dispatch run` into a request, checking everything that can
+/// be checked here ([`run_spec`], then `--async` and `--out`).
+pub fn plan(args: RunArgs) -> Result<RunPlan, PlanError> {
+    let mut spec = run_spec(Verb::Run, args.options)?;
+    spec.detach = args.detach;
+    Ok(RunPlan {
+        spec,
+        out: args.out,
+    })
+}
+
+/// Turns the run options of `verb` into what a job runs where (not detached).
 ///
 /// Without `-G`/`-L` the first word is the target and the rest the command; with them,
 /// every word is the command. A `--` where the command starts is dropped, so
 /// `dispatch run '*' -- ls` and `dispatch run -G web -- ls` both run `ls`.
-pub fn plan(args: RunArgs) -> Result<RunPlan, PlanError> {
-    let mut words = args.words.into_iter();
-    let target = match (&args.group, &args.list) {
+pub fn run_spec(verb: Verb, options: RunOptions) -> Result<RunSpec, PlanError> {
+    let mut words = options.words.into_iter();
+    let target = match (&options.group, &options.list) {
         (Some(group), _) => Target::group(group)?,
         (None, Some(list)) => Target::list(list)?,
         (None, None) => {
             // Options come before TARGET, so a word that looks like one is a typo.
             let word = words.next().unwrap_or_default();
             if word.starts_with('-') {
-                return Err(PlanError::UnknownOption(word));
+                return Err(PlanError::UnknownOption { verb, word });
             }
             Target::pattern(&word)?
         }
@@ -149,33 +191,33 @@ pub fn plan(args: RunArgs) -> Result<RunPlan, PlanError> {
         argv.remove(0);
     }
     if argv.is_empty() {
-        return Err(PlanError::NoCommand(target.to_string()));
+        return Err(PlanError::NoCommand {
+            verb,
+            target: target.to_string(),
+        });
     }
     let millis = |flag: &'static str, duration: Duration| match duration.as_millis() {
         0 => Err(PlanError::ZeroDuration(flag)),
         ms => Ok(u64::try_from(ms).unwrap_or(u64::MAX)),
     };
-    if let Some(cwd) = &args.cwd
+    if let Some(cwd) = &options.cwd
         && !cwd.starts_with('/')
     {
         return Err(PlanError::RelativeCwd(cwd.clone()));
     }
-    Ok(RunPlan {
-        spec: RunSpec {
-            target,
-            exec: Exec {
-                argv,
-                shell: args.shell,
-                env: args.env,
-                cwd: args.cwd,
-                timeout_ms: Some(millis("--exec-timeout", args.exec_timeout)?),
-            },
-            wait_ms: millis("--timeout", args.timeout)?,
-            ttl_ms: millis("--ttl", args.ttl)?,
-            batch: args.batch,
-            detach: args.detach,
+    Ok(RunSpec {
+        target,
+        exec: Exec {
+            argv,
+            shell: options.shell,
+            env: options.env,
+            cwd: options.cwd,
+            timeout_ms: Some(millis("--exec-timeout", options.exec_timeout)?),
         },
-        out: args.out,
+        wait_ms: millis("--timeout", options.timeout)?,
+        ttl_ms: millis("--ttl", options.ttl)?,
+        batch: options.batch,
+        detach: false,
     })
 }
 

@@ -9,8 +9,8 @@
 use crate::registry::KeyRecord;
 use dispatch_common::names::{
     ALL_BINDING, COMMANDS_EXCHANGE, EVENTS_EXCHANGE, EXPIRED_EXCHANGE, EXPIRED_QUEUE,
-    MASTER_RPC_QUEUE, MINION_QUEUE_MAX_LENGTH, MINION_QUEUE_OVERFLOW, RESULTS_QUEUE, group_binding,
-    minion_binding, minion_queue,
+    KEY_REQUESTS_QUEUE, MASTER_RPC_QUEUE, MINION_QUEUE_MAX_LENGTH, MINION_QUEUE_OVERFLOW,
+    RESULTS_QUEUE, group_binding, minion_binding, minion_queue,
 };
 use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -43,7 +43,12 @@ pub async fn declare_master(channel: &Channel) -> lapin::Result<()> {
             .exchange_declare(name.into(), kind, durable_exchange(), FieldTable::default())
             .await?;
     }
-    for queue in [RESULTS_QUEUE, MASTER_RPC_QUEUE, EXPIRED_QUEUE] {
+    for queue in [
+        RESULTS_QUEUE,
+        MASTER_RPC_QUEUE,
+        EXPIRED_QUEUE,
+        KEY_REQUESTS_QUEUE,
+    ] {
         channel
             .queue_declare(queue.into(), durable_queue(), FieldTable::default())
             .await?;

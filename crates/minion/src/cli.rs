@@ -103,9 +103,9 @@ impl Args {
             .transpose()?;
         let external_broker = dispatch_common::client::has_credentials(&self.master);
         if external_broker && master_fingerprint.is_none() {
-            return Err(ConfigError::FingerprintRequired(crate::connector::redact(
-                &self.master,
-            )));
+            return Err(ConfigError::FingerprintRequired(
+                dispatch_common::client::redact(&self.master),
+            ));
         }
         if self.reconnect_max < Duration::from_millis(100) {
             return Err(ConfigError::ReconnectMax);

@@ -56,7 +56,7 @@ pub async fn connect(
     trust: &Trust,
 ) -> Result<Connected, ConnectError> {
     let name = format!("dispatch-minion {}", config.id);
-    let url = redact(&config.master);
+    let url = dispatch_common::client::redact(&config.master);
     let expected = trust.expected_broker().filter(|_| !config.external_broker);
     let sasl = SaslClient::new(pair.clone(), &config.id, Role::Minion, &config.groups)
         .expect_broker(expected);
@@ -97,22 +97,6 @@ pub async fn connect(
         connection: result?,
         broker_key: seen,
     })
-}
-
-/// The URL without its password, for logs.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{host}{tail}")
-        }
-        None => url.to_owned(),
-    }
 }
 
 /// Exponential backoff with jitter: each delay is drawn between half and all of the
@@ -162,14 +146,5 @@ mod tests {
         assert!(delays.last().unwrap() >= &(max / 2));
         backoff.reset();
         assert!(backoff.next_delay() <= RECONNECT_INITIAL);
-    }
-
-    #[test]
-    fn passwords_never_reach_the_logs() {
-        assert_eq!(
-            redact("amqp://minion:s3cret@rabbit:5672/%2f"),
-            "amqp://minion:***@rabbit:5672/%2f"
-        );
-        assert_eq!(redact("amqp://127.0.0.1:5672"), "amqp://127.0.0.1:5672");
     }
 }

@@ -136,7 +136,7 @@ impl Minion {
     /// Runs until `shutdown` turns true (then returns `Ok`) or the master key changes.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), MinionError> {
         let mut backoff = Backoff::new(self.config.reconnect_max);
-        let url = connector::redact(&self.config.master);
+        let url = dispatch_common::client::redact(&self.config.master);
         loop {
             let attempt = tokio::select! {
                 attempt = connector::connect(&self.config, &self.pair, &self.trust) => attempt,
@@ -199,7 +199,8 @@ impl Minion {
             };
             self.trust.pin(key)?;
         }
-        let mut session = match Session::open(connected.connection, &self.config).await {
+        let mut session = match Session::open(connected.connection, &self.config, &self.pair).await
+        {
             Ok(session) => session,
             Err(e) => return Ok(SessionEnd::Failed(e.to_string())),
         };

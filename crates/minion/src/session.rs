@@ -14,8 +14,9 @@
 use crate::config::Config;
 use dispatch_common::envelope::{Envelope, domain};
 use dispatch_common::keys::KeyPair;
-use dispatch_common::message::{Presence, Reply, now_ms};
+use dispatch_common::message::{KeyRequest, Presence, Reply, now_ms};
 use dispatch_common::names;
+use dispatch_common::rpc::Role;
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions,
@@ -89,12 +90,52 @@ pub struct Session {
     user_id: Option<String>,
 }
 
+/// On an external broker the master sees no login: ask for the key to be accepted with
+/// a signed request (the master records it as pending, or refreshes its last-seen time).
+async fn request_key(
+    channel: &Channel,
+    config: &Config,
+    pair: &KeyPair,
+) -> Result<(), SessionError> {
+    let request = KeyRequest {
+        id: config.id.clone(),
+        role: Role::Minion,
+        groups: config.groups.clone(),
+        at_ms: now_ms(),
+    };
+    let body = Envelope::seal(domain::KEY_REQUEST, pair, &config.id, &request);
+    let published = channel
+        .basic_publish(
+            "".into(),
+            names::KEY_REQUESTS_QUEUE.into(),
+            BasicPublishOptions::default(),
+            &body,
+            BasicProperties::default()
+                .with_delivery_mode(PERSISTENT)
+                .with_content_type(CONTENT_TYPE.into()),
+        )
+        .await;
+    let to = || names::KEY_REQUESTS_QUEUE.to_owned();
+    let confirmation = published
+        .map_err(|source| SessionError::Publish { to: to(), source })?
+        .await
+        .map_err(|source| SessionError::Publish { to: to(), source })?;
+    if confirmation.is_nack() {
+        return Err(SessionError::Nacked(to()));
+    }
+    Ok(())
+}
+
 impl Session {
     /// Opens the channel and starts consuming the minion's queue. On failure the
     /// connection is closed.
-    pub async fn open(connection: Connection, config: &Config) -> Result<Self, SessionError> {
+    pub async fn open(
+        connection: Connection,
+        config: &Config,
+        pair: &KeyPair,
+    ) -> Result<Self, SessionError> {
         let queue = names::minion_queue(&config.id);
-        match Self::setup(&connection, config, &queue).await {
+        match Self::setup(&connection, config, pair, &queue).await {
             Ok((channel, consumer)) => Ok(Self {
                 connection,
                 channel,
@@ -114,6 +155,7 @@ impl Session {
     async fn setup(
         connection: &Connection,
         config: &Config,
+        pair: &KeyPair,
         queue: &str,
     ) -> Result<(Channel, Consumer), SessionError> {
         let channel = connection
@@ -128,6 +170,9 @@ impl Session {
             .basic_qos(config.concurrency, BasicQosOptions::default())
             .await
             .map_err(SessionError::Channel)?;
+        if config.external_broker {
+            request_key(&channel, config, pair).await?;
+        }
         let consumer = channel
             .basic_consume(
                 queue.into(),
