@@ -440,7 +440,7 @@ async fn a_login_before_the_queue_is_declared_is_told_it_may_have_been_accepted_
     config.id = "db.01".into(); // the test master declared only web.01's queue
     let trust = Trust::load(&config.pin_path(), None).unwrap();
     let connected = connector::connect(&config, &pair, &trust).await.unwrap();
-    let Err(err) = Session::open(connected.connection, &config).await else {
+    let Err(err) = Session::open(connected.connection, &config, &pair).await else {
         panic!("the queue does not exist");
     };
     let text = err.to_string();
