@@ -49,6 +49,32 @@ async fn a_minion_on_rabbitmq_is_accepted_and_runs_commands() {
         .await;
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("via rabbitmq\\n"), "{run:?}");
+
+    // An operator away from the master host asks with a key request, then gets in.
+    let home = master.scratch("remote-operator");
+    let remote = |args: &'static [&'static str]| {
+        let (home, url, fingerprint) = (home.clone(), url.clone(), fingerprint.clone());
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_dispatch"))
+                .env("HOME", &home)
+                .env("DISPATCH_OPERATOR_ID", "operator.remote")
+                .args(["--data-dir", "/nonexistent/dispatch", "--master", &url])
+                .args(["--master-fingerprint", &fingerprint])
+                .args(args)
+                .output();
+            daemons::within("the remote operator's CLI", out)
+                .await
+                .unwrap()
+        }
+    };
+    let refused = remote(&["minions"]).await;
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not an accepted operator"));
+    within_pending(&master, "operator.remote").await;
+    master.cli_ok(&["key", "accept", "operator.remote"]).await;
+    let listed = remote(&["minions", "--out", "json"]).await;
+    assert_eq!(listed.status.code(), Some(0), "{listed:?}");
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(&id));
 }
 
 /// Waits until the minion's key request has made it pending.

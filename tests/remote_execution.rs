@@ -306,3 +306,30 @@ async fn async_batch_and_minions() {
     assert_eq!(ids, ["db.01", "web.01", "web.02"]);
     assert!(listed.iter().all(|m| m["up"] == true), "{listed:?}");
 }
+
+#[tokio::test]
+async fn a_minion_takes_its_settings_from_a_config_file() {
+    let master = Master::start(&[]).await;
+    let dir = master.scratch("configured");
+    let file = dir.join("minion.toml");
+    let settings = format!(
+        "master = \"{}\"\nid = \"app.01\"\ngroups = [\"app\"]\ndata_dir = \"{}\"\nreconnect_max = \"{}\"\n",
+        master.url(),
+        dir.join("data").display(),
+        daemons::TEST_RECONNECT_MAX
+    );
+    std::fs::write(&file, settings).unwrap();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_dispatch-minion"));
+    command.arg("--config").arg(&file);
+    let minion = daemons::Daemon::spawn("dispatch-minion --config", command);
+    minion.wait_for("pending").await;
+    master.cli_ok(&["key", "accept", "app.01"]).await;
+    minion.wait_for("connected").await;
+    let run = master
+        .cli(&["run", "--out", "json", "-G", "app", "true"])
+        .await;
+    assert_eq!(
+        statuses(&objects(&run.stdout)),
+        pairs(&[("app.01", "succeeded")])
+    );
+}

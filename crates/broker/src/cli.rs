@@ -23,6 +23,10 @@ pub struct Args {
     /// A PLAIN/AMQPLAIN user as NAME:PASSWORD (repeatable).
     #[arg(long = "user", value_name = "NAME:PASSWORD", value_parser = parse_user)]
     pub users: Vec<User>,
+    /// A PLAIN/AMQPLAIN user with a dispatch minion's rights only, as ID:PASSWORD: it may
+    /// consume `dispatch.minion.ID` and publish replies and its own events (repeatable).
+    #[arg(long = "minion-user", value_name = "ID:PASSWORD", value_parser = parse_minion_user)]
+    pub minion_users: Vec<User>,
     /// Do not accept guest/guest (which is otherwise accepted from loopback only).
     #[arg(long)]
     pub no_guest: bool,
@@ -55,9 +59,22 @@ pub fn parse_user(s: &str) -> Result<User, String> {
     })
 }
 
+/// Parses an `ID:PASSWORD` user with the rights of minion ID.
+pub fn parse_minion_user(s: &str) -> Result<User, String> {
+    let user = parse_user(s).map_err(|_| format!("expected ID:PASSWORD, got {s:?}"))?;
+    dispatch_common::names::check_name("id", &user.name).map_err(|e| e.to_string())?;
+    Ok(User {
+        permissions: crate::Permissions::Minion {
+            id: user.name.clone(),
+        },
+        ..user
+    })
+}
+
 impl Args {
     pub fn config(&self) -> BrokerConfig {
         let mut users = self.users.clone();
+        users.extend(self.minion_users.iter().cloned());
         if !self.no_guest && !users.iter().any(|u| u.name == "guest") {
             users.push(User::guest());
         }

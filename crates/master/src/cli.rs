@@ -132,7 +132,7 @@ Event keys, which --filter matches as an AMQP topic pattern ('*' one segment,
 
 Examples:
   dispatch events --filter 'job.#'
-  dispatch events --filter 'minion.*.down'
+  dispatch events --filter 'minion.#.down'
   dispatch events --out json | head -n 5
 
 Exit codes: 0 after Ctrl-C (or when stdout is closed), 2 when the connection drops.";
@@ -402,6 +402,10 @@ pub struct MasterArgs {
     /// full rights, as NAME:PASSWORD (repeatable; none by default).
     #[arg(long = "plain-user", value_name = "NAME:PASSWORD", value_parser = dispatch_broker::cli::parse_user)]
     pub plain_users: Vec<User>,
+    /// A PLAIN/AMQPLAIN user of the embedded broker with minion ID's rights only, as
+    /// ID:PASSWORD (repeatable).
+    #[arg(long = "plain-minion-user", value_name = "ID:PASSWORD", value_parser = dispatch_broker::cli::parse_minion_user)]
+    pub plain_minion_users: Vec<User>,
     /// How long jobs and their returns are kept in the job store.
     #[arg(long, default_value = DEFAULT_KEEP_JOBS, value_parser = humantime::parse_duration)]
     pub keep_jobs: Duration,
@@ -530,7 +534,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 data_dir,
                 broker_url: args.broker,
                 auto_accept,
-                plain_users: args.plain_users,
+                plain_users: args
+                    .plain_users
+                    .into_iter()
+                    .chain(args.plain_minion_users)
+                    .collect(),
                 keep_jobs: args.keep_jobs,
             };
             let announce = |ready: &crate::daemon::Ready| {
@@ -595,8 +603,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// The operator key the CLI signs with: the local operator key when the master's data
 /// dir is readable (on the master host), else the personal key (created on first use).
 ///
-/// The master's key is trusted from, in order: `--master-fingerprint`, the master's data
-/// dir, the personal pin file (written on first use with the embedded broker).
+/// The master's key is trusted from, in order: the master's data dir (on the master host;
+/// `--master-fingerprint` must then agree with it), `--master-fingerprint`, the personal
+/// pin file (written on first use with the embedded broker).
 fn operator(data_dir: &DataDir, fingerprint: Option<Fingerprint>) -> anyhow::Result<Operator> {
     let local = data_dir.operator_key();
     let master_on_host = KeyPair::load(&data_dir.master_key())
@@ -604,9 +613,14 @@ fn operator(data_dir: &DataDir, fingerprint: Option<Fingerprint>) -> anyhow::Res
         .map(|k| k.public());
     let pin = personal_master_pin()
         .context("cannot find a home for the operator key: set HOME or XDG_CONFIG_HOME")?;
-    let master = match (fingerprint, master_on_host) {
-        (Some(fp), _) => MasterTrust::Fingerprint(fp),
-        (None, Some(key)) => MasterTrust::Key(key),
+    let master = match (master_on_host, fingerprint) {
+        (Some(key), Some(fp)) if key.fingerprint() != fp => anyhow::bail!(
+            "--master-fingerprint {fp} is not the fingerprint of the master key in {} ({})",
+            data_dir.root().display(),
+            key.fingerprint()
+        ),
+        (Some(key), _) => MasterTrust::Key(key),
+        (None, Some(fp)) => MasterTrust::Fingerprint(fp),
         (None, None) => MasterTrust::Pinned(pin),
     };
     if std::fs::File::open(&local).is_ok() {

@@ -3,7 +3,8 @@
 
 use dispatch_common::envelope::{Envelope, domain};
 use dispatch_common::keys::{Fingerprint, KeyPair, PublicKey};
-use dispatch_common::names::MASTER_RPC_QUEUE;
+use dispatch_common::message::{KeyRequest, now_ms};
+use dispatch_common::names::{KEY_REQUESTS_QUEUE, MASTER_RPC_QUEUE};
 use dispatch_common::rpc::{Request, RequestBody, Response, ResponseBody, Role};
 use dispatch_common::sasl::SaslClient;
 use futures_lite::StreamExt;
@@ -36,6 +37,28 @@ fn refusal_text(error: &lapin::Error) -> String {
         Some((_, reason)) => format!("refused: {reason}"),
         None => text,
     }
+}
+
+/// Asks the master to record this operator's key (on an external broker, where it sees
+/// no login); the first time it is pending until `dispatch key accept` on the master host.
+async fn request_key(channel: &Channel, operator: &Operator) -> Result<(), ClientError> {
+    let request = KeyRequest {
+        id: operator.id.clone(),
+        role: Role::Operator,
+        groups: Vec::new(),
+        at_ms: now_ms(),
+    };
+    let body = Envelope::seal(domain::KEY_REQUEST, &operator.key, &operator.id, &request);
+    channel
+        .basic_publish(
+            "".into(),
+            KEY_REQUESTS_QUEUE.into(),
+            BasicPublishOptions::default(),
+            &body,
+            BasicProperties::default(),
+        )
+        .await?;
+    Ok(())
 }
 
 /// The pinned master key at `path`, if the file exists.
@@ -97,8 +120,16 @@ pub struct MasterClient {
     replies: Consumer,
     reply_queue: String,
     operator: Operator,
-    /// The key the master's answers must be signed with.
-    master_key: PublicKey,
+    /// The key the master's answers must be signed with, or, until the first answer
+    /// shows it, the fingerprint that key must have.
+    master: KnownMaster,
+}
+
+/// What the client knows of the master's key.
+#[derive(Debug, Clone, Copy)]
+enum KnownMaster {
+    Key(PublicKey),
+    Fingerprint(Fingerprint),
 }
 
 impl MasterClient {
@@ -147,7 +178,8 @@ impl MasterClient {
                 FieldTable::default(),
             )
             .await?;
-        let master_key = match (&operator.master, pinned, sasl.seen_broker()) {
+        let trust = operator.master.clone();
+        let master_key = match (&trust, pinned, sasl.seen_broker()) {
             (_, Some(key), _) => key,
             (MasterTrust::Fingerprint(fp), None, Some(seen)) if seen.fingerprint() == *fp => seen,
             (MasterTrust::Fingerprint(fp), None, Some(seen)) => {
@@ -159,6 +191,23 @@ impl MasterClient {
             (MasterTrust::Pinned(path), None, Some(seen)) => {
                 write_pin(path, &seen).map_err(&connect_error)?;
                 seen
+            }
+            (MasterTrust::Fingerprint(fp), None, None) => {
+                // An external broker shows no key: ask to be known (the master sees no
+                // login there), and learn the key from a first answer that matches.
+                request_key(&channel, &operator).await?;
+                let mut client = Self {
+                    connection,
+                    channel,
+                    replies,
+                    reply_queue,
+                    operator,
+                    master: KnownMaster::Fingerprint(*fp),
+                };
+                if let ResponseBody::Error(reason) = client.call(RequestBody::Minions).await? {
+                    return Err(connect_error(reason));
+                }
+                return Ok(client);
             }
             (_, None, None) => {
                 return Err(connect_error(
@@ -176,7 +225,7 @@ impl MasterClient {
             replies,
             reply_queue,
             operator,
-            master_key,
+            master: KnownMaster::Key(master_key),
         })
     }
 
@@ -244,12 +293,29 @@ impl MasterClient {
         }
     }
 
-    fn open(&self, bytes: &[u8]) -> Result<Response, ClientError> {
-        let envelope =
-            Envelope::decode(bytes).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
-        envelope
-            .open(domain::RPC_RESPONSE, &self.master_key)
-            .map_err(|e| ClientError::BadAnswer(e.to_string()))
+    /// Verifies an answer with the master's key; with only a fingerprint known, the
+    /// key the answer carries must have it, and is then kept.
+    fn open(&mut self, bytes: &[u8]) -> Result<Response, ClientError> {
+        let bad = |e: String| ClientError::BadAnswer(e);
+        let envelope = Envelope::decode(bytes).map_err(|e| bad(e.to_string()))?;
+        let key = match self.master {
+            KnownMaster::Key(key) => key,
+            KnownMaster::Fingerprint(fp) => {
+                let claimed = envelope.claimed_key().map_err(|e| bad(e.to_string()))?;
+                if claimed.fingerprint() != fp {
+                    return Err(bad(format!(
+                        "the answer is signed by key {}, not by the master's {fp}",
+                        claimed.fingerprint()
+                    )));
+                }
+                claimed
+            }
+        };
+        let response = envelope
+            .open(domain::RPC_RESPONSE, &key)
+            .map_err(|e| bad(e.to_string()))?;
+        self.master = KnownMaster::Key(key);
+        Ok(response)
     }
 
     /// The channel of this connection, for verbs that use the broker directly
@@ -260,8 +326,11 @@ impl MasterClient {
 
     /// The master's key, as this client verified it: what the master's own events
     /// are signed with.
-    pub fn master_key(&self) -> &PublicKey {
-        &self.master_key
+    pub fn master_key(&self) -> PublicKey {
+        match self.master {
+            KnownMaster::Key(key) => key,
+            KnownMaster::Fingerprint(_) => unreachable!("connect learns the key"),
+        }
     }
 
     /// Closes the connection politely.

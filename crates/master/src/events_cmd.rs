@@ -86,7 +86,7 @@ pub struct EventsPlan {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "invalid --filter '{filter}': {reason}; give a topic pattern over event keys ('*' one \
-     segment, '#' any depth), e.g. 'job.#', 'minion.*.down' or 'job.*.web.01'"
+     segment, '#' any depth), e.g. 'job.#', 'minion.#.down' or 'job.*.web.01'"
 )]
 pub struct FilterError {
     pub filter: String,
@@ -373,7 +373,7 @@ fn json(event: &Event, at_ms: u64) -> Line<Body<'_>> {
 /// Watches the events the plan's filter matches on the master at `url`.
 pub async fn run(url: &str, operator: Operator, plan: EventsPlan) -> anyhow::Result<ExitCode> {
     let client = MasterClient::connect(url, operator).await?;
-    let master_key = *client.master_key();
+    let master_key = client.master_key();
     let code = match subscribe(client.channel(), &plan.filter).await {
         Ok(consumer) => {
             eprintln!(

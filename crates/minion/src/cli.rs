@@ -29,7 +29,7 @@ const EXIT_FAILURE: u8 = 1;
 
 /// The dispatch minion: runs the commands the master sends to it.
 #[derive(Debug, Parser)]
-#[command(name = "dispatch-minion", version)]
+#[command(name = "dispatch-minion", version, args_override_self = true)]
 pub struct Args {
     /// AMQP URL of the master's broker; with `user:password@` it is an external broker
     /// (e.g. RabbitMQ) and --master-fingerprint is required.
@@ -61,6 +61,10 @@ pub struct Args {
     /// suffix); output beyond is read and dropped, and the reply says it was truncated.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_OUTPUT, value_parser = parse_bytes)]
     pub max_output: usize,
+    /// A TOML file of these options (`id = "web.01"`, `groups = ["web"]`, …); options on
+    /// the command line win over the file's.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// Why the arguments do not make a configuration.
@@ -154,7 +158,14 @@ fn parse_bytes(text: &str) -> Result<usize, String> {
 
 /// Runs `dispatch-minion`.
 pub fn main() -> ExitCode {
-    let args = Args::parse();
+    let argv = match crate::config_file::expand(std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("dispatch-minion: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let args = Args::parse_from(argv);
     let config = match args.into_config() {
         Ok(config) => config,
         Err(e) => {

@@ -2,7 +2,7 @@
 //! execute it at most once, reply, announce presence.
 //!
 //! - [`cli`]: command line → validated [`config::Config`], logging, exit codes;
-//! - [`config`]: every constant and default;
+//! - [`config`]: every constant and default; [`config_file`]: `--config FILE` (TOML);
 //! - [`connector`]: authentication, the master-key check, reconnect backoff;
 //! - [`pin`]: the trusted master key and its pin file;
 //! - [`session`]: one connected AMQP session (consume, publish replies and presence);
@@ -13,6 +13,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod config_file;
 pub mod connector;
 pub mod daemon;
 pub mod exec;

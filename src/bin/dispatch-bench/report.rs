@@ -364,7 +364,8 @@ const SALT_ISSUE_LOOKUP_MS: f64 = 1600.0;
 pub fn dispatch_complete(measured: &[DispatchMeasured]) -> bool {
     measured.iter().all(|cell| match &cell.outcome {
         Ok(DispatchOutcome::RunWall(run)) => {
-            run.dispatch.is_ok() && !matches!(run.salt, Some(Err(_)))
+            matches!(&run.dispatch, Ok(fleet) if fleet.failed.is_empty())
+                && !matches!(run.salt, Some(Err(_)))
         }
         Ok(_) => true,
         Err(_) => false,
@@ -403,11 +404,15 @@ fn format_unit(value: f64, unit: &str) -> String {
         "ms" if value >= 1000.0 => format!("{:.2} s", value / 1000.0),
         "ms" | "MiB" | "MB" if value < 100.0 => format!("{value:.1} {unit}"),
         "jobs/s" => format!("{} {unit}", group_thousands(value.round() as i64)),
+        "count" => format!("{value:.0}"),
         _ => format!("{value:.0} {unit}"),
     }
 }
 
 fn format_ratio(ours: f64, theirs: f64) -> String {
+    if ours == 0.0 {
+        return "—".to_owned();
+    }
     let ratio = ours / theirs;
     if ratio > 0.0 && ratio < 0.1 {
         format!("{ratio:.3}× (1/{:.0})", 1.0 / ratio)
@@ -544,6 +549,22 @@ fn run_wall_rows(rows: &mut Vec<DispatchRow>, title: &str, run: &RunWall) {
             target,
         });
     }
+    rows.push(DispatchRow {
+        title: String::new(),
+        metric: format!("runs not exit 0 (of {})", run_count(d)),
+        ours: Some(d.failed.len() as f64),
+        salt: match salt {
+            Some(fleet) => Salt::Measured(fleet.failed.len() as f64),
+            None => Salt::None,
+        },
+        unit: "count",
+        target: "0",
+    });
+}
+
+/// Warm-up and timed runs made.
+fn run_count(fleet: &Fleet) -> usize {
+    fleet.walls.len() + fleet.failed.len()
 }
 
 fn job_lookup_rows(rows: &mut Vec<DispatchRow>, title: &str, lookup: &JobLookup) {
@@ -715,6 +736,15 @@ pub fn render_dispatch(plan: &Plan, measured: &[DispatchMeasured]) -> String {
         }
     }
     for cell in measured {
+        if let Ok(DispatchOutcome::RunWall(RunWall {
+            dispatch: Ok(fleet),
+            ..
+        })) = &cell.outcome
+        {
+            for failure in &fleet.failed {
+                let _ = writeln!(out, "\n{}: not exit 0, not timed: {failure}", cell.title);
+            }
+        }
         match &cell.outcome {
             Err(err)
             | Ok(DispatchOutcome::RunWall(RunWall {

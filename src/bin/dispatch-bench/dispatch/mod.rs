@@ -108,6 +108,8 @@ pub struct Fleet {
     pub minion_processes: usize,
     /// The version that ran (Salt's `--version`).
     pub version: Option<String>,
+    /// Runs (warm-up or timed) that did not exit 0, with what they printed; not timed.
+    pub failed: Vec<String>,
 }
 
 impl Fleet {

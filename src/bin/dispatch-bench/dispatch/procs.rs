@@ -439,6 +439,11 @@ impl Walls {
     }
 
     /// The nearest-rank percentile `p` (0–100), in milliseconds.
+    /// Samples.
+    pub fn len(&self) -> usize {
+        self.sorted.len()
+    }
+
     pub fn percentile_ms(&self, p: f64) -> f64 {
         if self.sorted.is_empty() {
             return f64::NAN;

@@ -3,7 +3,7 @@
 //! each time), and the resident memory of the daemons afterwards. With `--compare-salt`,
 //! the same for `salt '*' test.ping` once dispatch is stopped.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use super::procs::{Binaries, Cluster, Walls};
 use super::{DispatchCtx, Fleet, RunWall, salt, tree_rss_kib};
@@ -54,12 +54,27 @@ fn dispatch_fleet(ctx: &DispatchCtx) -> Result<Fleet> {
         .start_minions(ctx.minions)
         .context("starting the minions")?;
     let args = ["run", "*", "true"];
-    for _ in 0..ctx.warmup_runs {
-        cluster.timed(&args, 0)?;
-    }
+    // A run that does not exit 0 is counted and reported, not timed; the others go on,
+    // so one lost return does not hide every other figure.
     let mut walls = Vec::with_capacity(ctx.runs);
-    for _ in 0..ctx.runs {
-        walls.push(cluster.timed(&args, 0)?);
+    let mut failed = Vec::new();
+    for run in 0..ctx.warmup_runs + ctx.runs {
+        let label = if run < ctx.warmup_runs {
+            format!("warm-up run {} of {}", run + 1, ctx.warmup_runs)
+        } else {
+            format!("timed run {} of {}", run - ctx.warmup_runs + 1, ctx.runs)
+        };
+        match cluster.timed(&args, 0) {
+            Ok(wall) if run >= ctx.warmup_runs => walls.push(wall),
+            Ok(_) => {}
+            Err(err) => {
+                eprintln!("     {label} failed: {}", first_lines(&format!("{err:#}")));
+                failed.push(format!("{label}: {err:#}"));
+            }
+        }
+    }
+    if walls.is_empty() {
+        bail!("no run exited 0; {}", failed.join("; "));
     }
     // Memory once the last run's children have gone, as for Salt.
     std::thread::sleep(super::SETTLE);
@@ -79,5 +94,16 @@ fn dispatch_fleet(ctx: &DispatchCtx) -> Result<Fleet> {
         master_processes,
         minion_processes,
         version: None,
+        failed,
     })
+}
+
+/// The lines of a failure that say what happened: the first and the summary (`job …`).
+fn first_lines(text: &str) -> String {
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or("");
+    match text.lines().find(|line| line.starts_with("job ")) {
+        Some(summary) => format!("{first} … {summary}"),
+        None => first.to_owned(),
+    }
 }

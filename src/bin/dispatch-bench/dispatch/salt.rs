@@ -173,6 +173,7 @@ pub fn fleet(bin: &Path, ctx: &DispatchCtx) -> Result<Fleet> {
         master_processes,
         minion_processes,
         version,
+        failed: Vec::new(),
     })
 }
 
