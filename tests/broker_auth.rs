@@ -644,3 +644,49 @@ async fn a_login_revoked_after_its_key_was_admitted_is_closed_once_open() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_plain_minion_user_has_that_minions_rights_only() {
+    let keys = Keys::new();
+    let test = "a_plain_minion_user_has_that_minions_rights_only";
+    let user = dispatch_broker::cli::parse_minion_user(&format!("{WEB}:secret")).unwrap();
+    let Some(broker) = start(test, vec![user], keys.registry()).await else {
+        return;
+    };
+    let master = connect_key(&broker, &keys.master, "master", Role::Operator).await;
+    declare_topology(&master).await;
+    let url = format!("amqp://{WEB}:secret@{}/%2f", broker.addr);
+    let minion = connect_url(&url).await.expect("the minion user logs in");
+    let ch = channel(&minion).await;
+    consume(
+        &ch,
+        &names::minion_queue(WEB),
+        BasicConsumeOptions::default(),
+    )
+    .await;
+    let reply = try_publish(
+        &minion,
+        "",
+        names::RESULTS_QUEUE,
+        BasicProperties::default(),
+    )
+    .await;
+    assert!(reply.expect("a reply is allowed").is_ack());
+    let ch = channel(&minion).await;
+    let theirs = timeout(ch.basic_consume(
+        names::minion_queue(DB).into(),
+        "".into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    ))
+    .await;
+    assert_refused(theirs, 403, "refused");
+    let command = try_publish(
+        &minion,
+        names::COMMANDS_EXCHANGE,
+        "all",
+        BasicProperties::default(),
+    )
+    .await;
+    assert_refused(command, 403, "refused");
+}
