@@ -57,6 +57,21 @@ pub async fn connect(url: &str, sasl: SaslClient, name: &str) -> lapin::Result<C
     }
 }
 
+/// Declares a server-named queue that belongs to this connection and goes with it
+/// (exclusive, auto-delete): reply queues and event watchers. Returns its name.
+pub async fn private_queue(
+    channel: &lapin::Channel,
+    arguments: lapin::types::FieldTable,
+) -> lapin::Result<ShortString> {
+    let options = lapin::options::QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    let queue = channel.queue_declare("".into(), options, arguments).await?;
+    Ok(queue.name().clone())
+}
+
 /// The SASL client, reporting its own refusals so the connect can end at once.
 struct ReportingAuth {
     inner: SaslClient,

@@ -8,7 +8,7 @@ use dispatch_common::names::{KEY_REQUESTS_QUEUE, MASTER_RPC_QUEUE};
 use dispatch_common::rpc::{Request, RequestBody, Response, ResponseBody, Role};
 use dispatch_common::sasl::SaslClient;
 use futures_lite::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use std::path::{Path, PathBuf};
@@ -155,18 +155,9 @@ impl MasterClient {
         .map_err(|_| connect_error(format!("no answer within {RPC_TIMEOUT:?}")))?
         .map_err(|e| connect_error(refusal_text(&e)))?;
         let channel = connection.create_channel().await?;
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let reply_queue = queue.name().to_string();
+        let reply_queue = dispatch_common::client::private_queue(&channel, FieldTable::default())
+            .await?
+            .to_string();
         let replies = channel
             .basic_consume(
                 reply_queue.as_str().into(),

@@ -58,9 +58,7 @@ use dispatch_common::names::{
 };
 use dispatch_common::rpc::JobStarted;
 use futures_lite::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Consumer};
 use serde::Serialize;
@@ -398,18 +396,8 @@ async fn subscribe(channel: &Channel, filter: &str) -> lapin::Result<Consumer> {
         "x-max-length".into(),
         AMQPValue::LongLongInt(QUEUE_MAX_LENGTH),
     );
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            arguments,
-        )
-        .await?;
-    let name = queue.name().to_string();
+    let queue = dispatch_common::client::private_queue(channel, arguments).await?;
+    let name = queue.to_string();
     channel
         .queue_bind(
             name.as_str().into(),

@@ -129,19 +129,10 @@ pub async fn is_consuming(channel: &Channel, id: &str) -> lapin::Result<bool> {
 /// A consumer of every presence announcement, on an exclusive queue of the master's.
 pub async fn watch_presence(connection: &lapin::Connection) -> lapin::Result<lapin::Consumer> {
     let channel = connection.create_channel().await?;
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let queue = dispatch_common::client::private_queue(&channel, FieldTable::default()).await?;
     channel
         .queue_bind(
-            queue.name().clone(),
+            queue.clone(),
             EVENTS_EXCHANGE.into(),
             crate::presence::PRESENCE_BINDING.into(),
             QueueBindOptions::default(),
@@ -150,7 +141,7 @@ pub async fn watch_presence(connection: &lapin::Connection) -> lapin::Result<lap
         .await?;
     channel
         .basic_consume(
-            queue.name().clone(),
+            queue,
             "master.presence".into(),
             lapin::options::BasicConsumeOptions {
                 no_ack: true,
