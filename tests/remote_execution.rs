@@ -291,14 +291,33 @@ async fn async_batch_and_minions() {
         "{started:?}"
     );
 
+    // One at a time: each minion's run (start and end times) ends before the next starts.
+    let script = "date +%s%N; sleep 0.3; date +%s%N";
     let batch = master
-        .cli(&["run", "--out", "json", "--batch", "1", "web.*", "true"])
+        .cli(&[
+            "run", "--out", "json", "--batch", "1", "--shell", "web.*", script,
+        ])
         .await;
     assert_eq!(batch.code, 0, "{batch:?}");
+    let runs = objects(&batch.stdout);
     assert_eq!(
-        statuses(&objects(&batch.stdout)),
+        statuses(&runs),
         pairs(&[("web.01", "succeeded"), ("web.02", "succeeded")])
     );
+    let mut spans: Vec<(u128, u128)> = runs
+        .iter()
+        .map(|r| {
+            let times: Vec<u128> = r["stdout"]
+                .as_str()
+                .unwrap()
+                .lines()
+                .map(|l| l.parse().unwrap())
+                .collect();
+            (times[0], times[1])
+        })
+        .collect();
+    spans.sort();
+    assert!(spans[0].1 <= spans[1].0, "the batch overlapped: {spans:?}");
 
     let listed = master.cli_ok(&["minions", "--out", "json"]).await;
     let listed: Vec<Value> = serde_json::from_str(&listed).unwrap();

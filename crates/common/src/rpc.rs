@@ -334,8 +334,8 @@ pub struct JobListing {
     pub submitted_at_ms: u64,
     pub origin: String,
     pub target: String,
-    /// The command line, argv joined by spaces.
-    pub command: String,
+    /// The command's argv (one shell line when it runs through `/bin/sh -c`).
+    pub command: Vec<String>,
     /// How many expected minions are in each state (states with none left out).
     pub counts: Vec<(MinionState, u32)>,
 }

@@ -198,6 +198,7 @@ async fn serve(
         connection.create_channel().await?,
         connection.clone(),
     );
+    let scheduler = Scheduler::open(jobs.clone(), history.clone(), Arc::new(SystemClock))?;
     let broker_url = dispatch_common::client::redact(url);
     tracing::info!(
         "dispatch master {} ready on {broker_url}",
@@ -213,7 +214,6 @@ async fn serve(
         fingerprint: master.public().fingerprint(),
     });
 
-    let scheduler = Scheduler::open(jobs.clone(), history.clone(), Arc::new(SystemClock))?;
     let loops = CancellationToken::new();
     tasks.spawn(scheduler.clone().run(loops.clone()));
     let server = Arc::new(RpcServer {

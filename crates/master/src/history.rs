@@ -30,6 +30,8 @@ use uuid::Uuid;
 pub const MIN_ID_DIGITS: usize = 8;
 /// Jobs named when a short id is ambiguous.
 const AMBIGUOUS_SHOWN: usize = 5;
+/// Longest `dispatch job --wait`.
+const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 /// Time a minion has, past its exec timeout, to kill the command and send its return.
 const RETURN_GRACE: Duration = Duration::from_secs(15);
 /// Jobs read per page when a listing filters by target or state.
@@ -123,27 +125,50 @@ impl History {
 
     /// Answers `dispatch job`: at once, or once the job is complete or `wait` passes.
     pub async fn answer_job(self: &Arc<Self>, id: String, wait: Option<Duration>, caller: Caller) {
-        let answer = async {
-            let job = self.resolve(&id).await?;
-            let view = self.view(job).await?;
-            Ok::<_, String>((job, view))
-        };
-        let (job, view) = match answer.await {
-            Ok(found) => found,
+        let job = match self.resolve(&id).await {
+            Ok(job) => job,
             Err(e) => return self.responder.send(&caller, ResponseBody::Error(e)).await,
         };
-        let Some(wait) = wait.filter(|_| !view.complete()) else {
-            return self.responder.send(&caller, ResponseBody::Job(view)).await;
+        // Watch before looking, so a return landing in between is not missed.
+        if wait.is_some() {
+            self.watchers().entry(job).or_default().push(caller.clone());
+        }
+        let view = match self.view(job).await {
+            Ok(view) => view,
+            Err(e) => {
+                self.unwatch(job, &caller);
+                return self.responder.send(&caller, ResponseBody::Error(e)).await;
+            }
         };
-        self.watchers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(job)
-            .or_default()
-            .push(caller.clone());
+        let Some(wait) = wait.filter(|_| !view.complete()) else {
+            if wait.is_none() || self.unwatch(job, &caller) {
+                self.responder.send(&caller, ResponseBody::Job(view)).await;
+            }
+            return;
+        };
         let history = self.clone();
-        let deadline = tokio::time::Instant::now() + wait;
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
         tokio::spawn(async move { history.watch(job, view, deadline, caller).await });
+    }
+
+    fn watchers(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Vec<Caller>>> {
+        self.watchers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops watching `job` for `caller`; false if it was no longer watching (a return
+    /// already answered it).
+    fn unwatch(&self, job: Uuid, caller: &Caller) -> bool {
+        let mut watchers = self.watchers();
+        let Some(list) = watchers.get_mut(&job) else {
+            return false;
+        };
+        let before = list.len();
+        list.retain(|c| c.nonce != caller.nonce);
+        let removed = list.len() < before;
+        if list.is_empty() {
+            watchers.remove(&job);
+        }
+        removed
     }
 
     /// Wakes at each time-driven state change until the job completes or `deadline`;
@@ -172,18 +197,7 @@ impl History {
                 break;
             }
         }
-        let still_waiting = {
-            let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
-            let list = watchers.entry(job).or_default();
-            let before = list.len();
-            list.retain(|c| c.nonce != caller.nonce);
-            let removed = list.len() < before;
-            if list.is_empty() {
-                watchers.remove(&job);
-            }
-            removed
-        };
-        if still_waiting {
+        if self.unwatch(job, &caller) {
             self.responder.send(&caller, ResponseBody::Job(view)).await;
         }
     }
@@ -232,7 +246,7 @@ impl History {
             None => None,
         };
         let since = query.since_ms.unwrap_or(0);
-        let mut before = u64::MAX >> 1;
+        let mut before: Option<(u64, Uuid)> = None;
         let mut listed = Vec::new();
         loop {
             let page = self
@@ -249,7 +263,7 @@ impl History {
             let exhausted = page.len() < PAGE.max(limit);
             let now = now_ms();
             for (job, returns) in &page {
-                before = job.submitted_at_ms;
+                before = Some((job.submitted_at_ms, job.id));
                 if !pattern
                     .as_ref()
                     .is_none_or(|p| target_matches(p, &job.target))
@@ -392,7 +406,7 @@ fn listing(view: &JobView) -> JobListing {
         submitted_at_ms: view.submitted_at_ms,
         origin: view.origin.clone(),
         target: view.target.clone(),
-        command: view.exec.argv.join(" "),
+        command: view.exec.argv.clone(),
         counts,
     }
 }

@@ -60,7 +60,9 @@ struct Active {
     queue: VecDeque<String>,
     /// Rolling batch: sent the command, not yet returned.
     in_flight: BTreeSet<String>,
-    command: Arc<Vec<u8>>,
+    /// The signed command; a rolling batch signs a fresh copy (new issue time and
+    /// expiry) for each later publish, so a long batch never sends an expired one.
+    command: Command,
     ttl: Duration,
 }
 
@@ -212,12 +214,7 @@ impl Jobs {
         if !recorded {
             return Err("this request was already carried out (it was delivered twice)".into());
         }
-        let bytes = Arc::new(Envelope::seal(
-            domain::COMMAND,
-            &self.master,
-            MASTER_ID,
-            &command,
-        ));
+        let bytes = self.seal(&command);
 
         let (now_targets, queue): (Vec<String>, VecDeque<String>) = match spec.batch {
             None => (expected.clone(), VecDeque::new()),
@@ -228,16 +225,13 @@ impl Jobs {
                 (offline.iter().cloned().chain(first).collect(), queue)
             }
         };
-        let whole_target = spec.batch.is_none();
-        self.publish(&bytes, ttl, &spec.target, &now_targets, whole_target)
-            .await?;
-        tracing::info!(%job_id, by = %submitter.by, origin = %submitter.origin, target = %spec.target, expected = expected.len(), offline = offline.len(), "job published");
-
         let started = JobStarted {
             job_id,
             expected: expected.clone(),
             offline: offline.iter().cloned().collect(),
         };
+        // Tracked and announced before it is published: a fast return finds its job,
+        // and the caller hears `Started` before any return.
         self.announce(&started).await;
         if let Some(caller) = caller {
             self.responder
@@ -258,11 +252,20 @@ impl Jobs {
             offline,
             queue,
             in_flight,
-            command: bytes,
+            command,
             ttl,
         };
         let nobody_to_wait_for = active.waiting.is_empty() || active.caller.is_none();
         self.active().insert(job_id, active);
+        let whole_target = spec.batch.is_none();
+        if let Err(refusal) = self
+            .publish(&bytes, ttl, &spec.target, &now_targets, whole_target)
+            .await
+        {
+            self.active().remove(&job_id);
+            return Err(refusal);
+        }
+        tracing::info!(%job_id, by = %submitter.by, origin = %submitter.origin, target = %spec.target, expected = expected.len(), offline = started.offline.len(), "job published");
         if nobody_to_wait_for {
             self.end_wait(job_id).await;
         } else {
@@ -273,6 +276,11 @@ impl Jobs {
             });
         }
         Ok(started)
+    }
+
+    /// Signs `command` for publishing.
+    fn seal(&self, command: &Command) -> Vec<u8> {
+        Envelope::seal(domain::COMMAND, &self.master, MASTER_ID, command)
     }
 
     /// Raises the `job.<jid>` event for watchers, signed by the master.
@@ -420,7 +428,15 @@ impl Jobs {
                     job.in_flight.insert(minion.clone());
                 }
             }
-            let next = next.map(|m| (m, job.command.clone(), job.ttl));
+            let next = next.map(|m| {
+                let now = now_ms();
+                let fresh = Command {
+                    issued_at_ms: now,
+                    expires_at_ms: now + job.ttl.as_millis() as u64,
+                    ..job.command.clone()
+                };
+                (m, fresh, job.ttl)
+            });
             let done = job.caller.is_some() && job.waiting.is_empty();
             if job.caller.is_none() && !job.rolling() {
                 active.remove(&reply.job_id);
@@ -433,7 +449,8 @@ impl Jobs {
         };
         if let Some((minion, command, ttl)) = next {
             let target = Target::List(vec![minion.clone()]);
-            if let Err(e) = self.publish(&command, ttl, &target, &[minion], false).await {
+            let bytes = self.seal(&command);
+            if let Err(e) = self.publish(&bytes, ttl, &target, &[minion], false).await {
                 tracing::error!(job = %reply.job_id, "rolling batch: {e}");
             }
         }

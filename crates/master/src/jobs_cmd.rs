@@ -17,7 +17,7 @@
 //!
 //! One array of objects ([`JobLine`]), newest first, with the fields `job_id` (string),
 //! `submitted_by` (string), `submitted_at_ms` (Unix milliseconds), `origin` (`cli` or a
-//! schedule's name), `target` (as typed), `command` (argv joined by spaces) and `counts`
+//! schedule's name), `target` (as typed), `command` (the argv, an array of strings, as in `dispatch job`) and `counts`
 //! (an object from state name — `succeeded`, `failed`, `refused`, `interrupted`,
 //! `running`, `timed_out`, `queued`, `expired` — to how many minions are in it; states
 //! with none are left out).
@@ -126,7 +126,7 @@ pub fn jobs_table(jobs: &[JobListing], now_ms: u64, filtered: bool) -> String {
                 submitted,
                 job.submitted_by.clone(),
                 job.target.clone(),
-                render::cut(&job.command, COMMAND_WIDTH),
+                render::cut(&job.command.join(" "), COMMAND_WIDTH),
                 render::state_counts(&job.counts),
             ]
         })
@@ -150,7 +150,7 @@ pub struct JobLine<'a> {
     pub submitted_at_ms: u64,
     pub origin: &'a str,
     pub target: &'a str,
-    pub command: &'a str,
+    pub command: &'a [String],
     pub counts: Counts<'a>,
 }
 
@@ -221,7 +221,7 @@ mod tests {
             submitted_at_ms,
             origin: "cli".to_owned(),
             target: "web.*".to_owned(),
-            command: command.to_owned(),
+            command: command.split(' ').map(str::to_owned).collect(),
             counts,
         }
     }
@@ -347,7 +347,7 @@ mod tests {
                 "submitted_at_ms": 5,
                 "origin": "cli",
                 "target": "web.*",
-                "command": "ls -la",
+                "command": ["ls", "-la"],
                 "counts": {"succeeded": 2, "queued": 1},
             }])
         );

@@ -30,20 +30,31 @@ pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
 /// Nonces remembered at most; beyond, requests are refused until old ones expire.
 pub const MAX_REMEMBERED_NONCES: usize = 1_000_000;
 
+/// Requests between two sweeps of expired nonces.
+const NONCE_SWEEP_EVERY: u32 = 1024;
+
 /// The nonces of requests that have not expired yet.
 #[derive(Debug, Default)]
-pub struct SeenNonces(HashMap<[u8; 16], u64>);
+pub struct SeenNonces {
+    nonces: HashMap<[u8; 16], u64>,
+    since_sweep: u32,
+}
 
 impl SeenNonces {
-    /// Records `nonce` (valid until `expires_at_ms`); false if it was already seen.
+    /// Records `nonce` (valid until `expires_at_ms`); an error if it was already seen.
     fn insert(&mut self, nonce: [u8; 16], expires_at_ms: u64, now: u64) -> Result<(), String> {
-        if self.0.len() >= MAX_REMEMBERED_NONCES {
-            self.0.retain(|_, expiry| *expiry >= now);
-            if self.0.len() >= MAX_REMEMBERED_NONCES {
+        self.since_sweep += 1;
+        if self.since_sweep >= NONCE_SWEEP_EVERY {
+            self.since_sweep = 0;
+            self.nonces.retain(|_, expiry| *expiry >= now);
+        }
+        if self.nonces.len() >= MAX_REMEMBERED_NONCES {
+            self.nonces.retain(|_, expiry| *expiry >= now);
+            if self.nonces.len() >= MAX_REMEMBERED_NONCES {
                 return Err("the master is handling too many requests; try again".into());
             }
         }
-        match self.0.insert(nonce, expires_at_ms) {
+        match self.nonces.insert(nonce, expires_at_ms) {
             None => Ok(()),
             Some(_) => Err("request refused: it was already used (replayed request)".into()),
         }
@@ -178,6 +189,21 @@ impl RpcServer {
                         let scheduler = self.scheduler.clone();
                         tokio::spawn(async move { scheduler.answer(request, &caller).await });
                     }
+                    RequestBody::Jobs(query) => {
+                        let (history, responder) =
+                            (self.jobs.history.clone(), self.jobs.responder.clone());
+                        tokio::spawn(async move {
+                            let answer = history.list(query).await;
+                            responder.send(&caller, answer).await;
+                        });
+                    }
+                    RequestBody::Minions => {
+                        let jobs = self.jobs.clone();
+                        tokio::spawn(async move {
+                            let answer = ResponseBody::Minions(jobs.minions().await);
+                            jobs.responder.send(&caller, answer).await;
+                        });
+                    }
                     RequestBody::Job { id, wait_ms } => {
                         let history = self.jobs.history.clone();
                         let wait = wait_ms.map(Duration::from_millis);
@@ -231,8 +257,6 @@ impl RpcServer {
                     Err(e) => ResponseBody::Error(e.to_string()),
                 }
             }
-            RequestBody::Minions => ResponseBody::Minions(self.jobs.minions().await),
-            RequestBody::Jobs(query) => self.jobs.history.list(query).await,
             RequestBody::DeleteKey { id } => {
                 let deleted = self.registry.lock().delete(&id);
                 match deleted {

@@ -163,7 +163,7 @@ impl Scheduler {
         let schedule = schedules.get_mut(name);
         match (started, schedule) {
             (Ok(started), Some(schedule)) => {
-                tracing::info!(schedule = %name, job = %started.job_id, "fired");
+                tracing::info!(schedule = %name, job = %started.job_id, outcome = ?schedule.last_outcome, "fired");
                 schedule.last_job = Some(started.job_id);
                 self.persist(schedule);
                 Ok(started)

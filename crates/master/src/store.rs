@@ -170,12 +170,14 @@ impl JobStore {
         Ok(inserted == 1)
     }
 
-    /// Records a return; false when it does not count: the job is unknown, or this
-    /// minion's return to it is already recorded (a refusal only gives way to a result).
+    /// Records a return; false when it does not count: the job is unknown, the minion is
+    /// not one it expects, or this minion's return to it is already recorded (a refusal
+    /// only gives way to a result).
     pub fn insert_return(&self, reply: &Reply, arrived_at_ms: u64) -> Result<bool, StoreError> {
         let recorded = self.lock().execute(
             "INSERT INTO returns (job_id, minion, arrived_at_ms, kind, outcome)
-             SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ?1)
+             SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (
+                SELECT 1 FROM jobs WHERE id = ?1 AND ',' || expected || ',' LIKE '%,' || ?2 || ',%')
              ON CONFLICT (job_id, minion) DO UPDATE
                 SET arrived_at_ms = excluded.arrived_at_ms, kind = excluded.kind,
                     outcome = excluded.outcome
@@ -220,21 +222,27 @@ impl JobStore {
         Ok(ids)
     }
 
-    /// Up to `limit` jobs submitted before `before_ms` (and at or after `since_ms`),
-    /// newest first: a page of the job history.
+    /// Up to `limit` jobs older than `before` (a submission time and job id; `None`:
+    /// the newest) and submitted at or after `since_ms`, newest first: a page of the job
+    /// history.
     pub fn page(
         &self,
-        before_ms: u64,
+        before: Option<(u64, Uuid)>,
         since_ms: u64,
         limit: usize,
     ) -> Result<Vec<JobRecord>, StoreError> {
+        let (before_ms, before_id) = match before {
+            Some((ms, id)) => (ms as i64, hex_id(&id)),
+            None => (i64::MAX, String::new()),
+        };
         let connection = self.lock();
         let mut statement = connection.prepare_cached(&format!(
-            "{SELECT_JOB} WHERE submitted_at_ms < ?1 AND submitted_at_ms >= ?2
-             ORDER BY submitted_at_ms DESC, id DESC LIMIT ?3"
+            "{SELECT_JOB} WHERE (submitted_at_ms < ?1 OR (submitted_at_ms = ?1 AND id < ?2))
+                AND submitted_at_ms >= ?3
+             ORDER BY submitted_at_ms DESC, id DESC LIMIT ?4"
         ))?;
         let rows = statement.query_map(
-            params![before_ms as i64, since_ms as i64, limit as i64],
+            params![before_ms, before_id, since_ms as i64, limit as i64],
             read_job,
         )?;
         let mut jobs = Vec::new();
@@ -244,12 +252,13 @@ impl JobStore {
         Ok(jobs)
     }
 
-    /// Deletes up to `batch` jobs (and their returns) submitted before `before_ms`;
+    /// Deletes up to `batch` jobs (and their returns) submitted before `before_ms` whose
+    /// command also expired before it (a long TTL keeps a job while it may still run);
     /// returns how many went.
     pub fn prune(&self, before_ms: u64, batch: usize) -> Result<usize, StoreError> {
         let deleted = self.lock().execute(
             "DELETE FROM jobs WHERE id IN (
-                SELECT id FROM jobs WHERE submitted_at_ms < ?1 LIMIT ?2)",
+                SELECT id FROM jobs WHERE submitted_at_ms < ?1 AND expires_at_ms < ?1 LIMIT ?2)",
             params![before_ms as i64, batch as i64],
         )?;
         Ok(deleted)
@@ -309,7 +318,10 @@ impl JobStore {
         let rows = statement.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
         let mut schedules = Vec::new();
         for row in rows {
-            schedules.push(decode(&row?)?);
+            match decode(&row?) {
+                Ok(schedule) => schedules.push(schedule),
+                Err(e) => tracing::error!("skipping a stored schedule that does not decode: {e}"),
+            }
         }
         Ok(schedules)
     }
@@ -501,13 +513,16 @@ mod tests {
             5,
             "same 8-digit time prefix"
         );
-        let page: Vec<_> = store
-            .page(1004, 1001, 2)
-            .unwrap()
-            .iter()
-            .map(|j| j.id)
-            .collect();
-        assert_eq!(page, [jobs[3].id, jobs[2].id]);
+        let ids = |page: Vec<JobRecord>| page.iter().map(|j| j.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(store.page(None, 1001, 2).unwrap()),
+            [jobs[4].id, jobs[3].id]
+        );
+        let after = Some((jobs[3].submitted_at_ms, jobs[3].id));
+        assert_eq!(
+            ids(store.page(after, 1001, 2).unwrap()),
+            [jobs[2].id, jobs[1].id]
+        );
         assert_eq!(store.prune(1002, 1).unwrap(), 1);
         assert_eq!(store.prune(1002, 10).unwrap(), 1);
         assert!(store.job(&jobs[0].id).unwrap().is_none());
@@ -515,11 +530,17 @@ mod tests {
     }
 
     #[test]
-    fn returns_for_unknown_jobs_are_not_recorded() {
+    fn returns_for_unknown_jobs_or_from_unexpected_minions_are_not_recorded() {
         let dir = tempfile::tempdir().unwrap();
         let store = JobStore::open(&dir.path().join("jobs.sqlite")).unwrap();
         let stray = reply(&job(), "web.01", Outcome::Interrupted);
         assert!(!store.insert_return(&stray, 1).unwrap());
+        let job = job();
+        store.insert_job(&job).unwrap();
+        for stranger in ["db.01", "web.0", "web.01.x"] {
+            let reply = reply(&job, stranger, Outcome::Interrupted);
+            assert!(!store.insert_return(&reply, 1).unwrap(), "{stranger}");
+        }
     }
 
     #[test]
