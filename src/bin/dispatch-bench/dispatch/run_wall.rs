@@ -68,8 +68,9 @@ fn dispatch_fleet(ctx: &DispatchCtx) -> Result<Fleet> {
             Ok(wall) if run >= ctx.warmup_runs => walls.push(wall),
             Ok(_) => {}
             Err(err) => {
-                eprintln!("     {label} failed: {}", first_lines(&format!("{err:#}")));
-                failed.push(format!("{label}: {err:#}"));
+                let summary = summary(&format!("{err:#}"));
+                eprintln!("     {label} failed: {summary}");
+                failed.push(format!("{label}: {summary}"));
             }
         }
     }
@@ -98,12 +99,17 @@ fn dispatch_fleet(ctx: &DispatchCtx) -> Result<Fleet> {
     })
 }
 
-/// The lines of a failure that say what happened: the first and the summary (`job …`).
-fn first_lines(text: &str) -> String {
-    let mut lines = text.lines();
-    let first = lines.next().unwrap_or("");
-    match text.lines().find(|line| line.starts_with("job ")) {
-        Some(summary) => format!("{first} … {summary}"),
-        None => first.to_owned(),
-    }
+/// The lines of a failure that say what happened: the first, cut before the minions'
+/// output, and the summary (`job …`, `timed out …`).
+fn summary(text: &str) -> String {
+    let first = text.lines().next().unwrap_or("");
+    let first = first.split(": bench.").next().unwrap_or(first);
+    let mut parts = vec![first.trim_end_matches(':').to_owned()];
+    parts.extend(
+        text.lines()
+            .map(str::trim)
+            .filter(|line| line.starts_with("job ") || line.starts_with("timed out"))
+            .map(str::to_owned),
+    );
+    parts.join("; ")
 }
