@@ -11,6 +11,7 @@
 use crate::sasl::SaslClient;
 use lapin::auth::AuthProvider;
 use lapin::types::{LongString, ShortString};
+use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties, ErrorKind};
 use tokio::sync::watch;
 
@@ -37,6 +38,12 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// The `frame_max` dispatch's own processes ask for, unless the URL says otherwise.
+/// lapin keeps 32 frames of read and of write buffer per connection, so the broker's
+/// default (128 KiB) would cost a small daemon 8 MiB; dispatch's messages are small, and
+/// larger ones (a reply with 1 MiB of output) are simply cut into more frames.
+pub const CLIENT_FRAME_MAX: u32 = 16 * 1024;
+
 /// Connects to `url`, with `sasl` unless the URL carries credentials. `name` is the
 /// connection name the broker shows. Not bounded in time: callers add their timeout.
 pub async fn connect(url: &str, sasl: SaslClient, name: &str) -> lapin::Result<Connection> {
@@ -44,12 +51,18 @@ pub async fn connect(url: &str, sasl: SaslClient, name: &str) -> lapin::Result<C
         .with_connection_name(name.into())
         .with_client_property("product".into(), crate::PRODUCT.into())
         .with_client_property("version".into(), crate::VERSION.into());
+    let mut uri: AMQPUri = match url.parse() {
+        Ok(uri) => uri,
+        // lapin reports the malformed URL in its own words.
+        Err(_) => return Connection::connect(url, properties).await,
+    };
+    uri.query.frame_max.get_or_insert(CLIENT_FRAME_MAX);
     if has_credentials(url) {
-        return Connection::connect(url, properties).await;
+        return Connection::connect_uri(uri, properties).await;
     }
     let (auth, mut refused) = ReportingAuth::new(sasl);
     tokio::select! {
-        result = Connection::connect(url, properties.with_auth_provider(auth)) => result,
+        result = Connection::connect_uri(uri, properties.with_auth_provider(auth)) => result,
         Ok(()) = refused.changed() => {
             let reason = refused.borrow().clone().unwrap_or_default();
             Err(ErrorKind::AuthProviderError(reason).into())

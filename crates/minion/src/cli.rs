@@ -174,7 +174,10 @@ pub fn main() -> ExitCode {
         }
     };
     init_logging();
+    // A minion mostly waits: one worker thread serves its connection and its jobs (each
+    // job is a child process), and keeps its memory small.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
     {
