@@ -56,8 +56,8 @@ pub enum Permissions {
     /// the default exchange "" with routing key `names::RESULTS_QUEUE`, or to
     /// `names::EVENTS_EXCHANGE` with a routing key `names::minion_event_prefix(id)`
     /// followed by one word (non-empty, no `.`: minion `web` may not publish
-    /// `minion.web.01.up`, an event of minion `web.01`); passive declares of its own queue and of those
-    /// exchanges are fine; every other declare, bind, unbind, delete, purge is 403
-    /// ACCESS_REFUSED.
+    /// `minion.web.01.up`, an event of minion `web.01`); passive declares of its own
+    /// queue and of those exchanges are fine; every other declare, bind, unbind, delete,
+    /// purge is 403 ACCESS_REFUSED.
     Minion { id: String },
 }

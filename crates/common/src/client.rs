@@ -44,6 +44,12 @@ pub fn redact(url: &str) -> String {
 /// larger ones (a reply with 1 MiB of output) are simply cut into more frames.
 pub const CLIENT_FRAME_MAX: u32 = 16 * 1024;
 
+/// AMQP delivery mode of a message the broker keeps on disk (commands, replies, key
+/// requests).
+pub const PERSISTENT: u8 = 2;
+/// AMQP delivery mode of a message kept in memory only (presence events).
+pub const TRANSIENT: u8 = 1;
+
 /// Connects to `url`, with `sasl` unless the URL carries credentials. `name` is the
 /// connection name the broker shows. Not bounded in time: callers add their timeout.
 pub async fn connect(url: &str, sasl: SaslClient, name: &str) -> lapin::Result<Connection> {

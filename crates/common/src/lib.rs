@@ -28,6 +28,10 @@ pub const DEFAULT_AMQP_PORT: u16 = 5672;
 /// The address the standalone broker binds when `--listen` is not given.
 pub const DEFAULT_BROKER_LISTEN: &str = "127.0.0.1:5672";
 
+/// The master's broker when `--master` is not given (the CLI's and the minion's): the
+/// embedded broker of a master on this host.
+pub const DEFAULT_MASTER_URL: &str = "amqp://127.0.0.1:5672";
+
 /// The line a daemon prints on standard output once its listener is bound, followed by
 /// the bound address. Tests and scripts that start a daemon on port 0 read it back.
 pub const READY_LINE_PREFIX: &str = "listening on ";

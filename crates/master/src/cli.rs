@@ -44,7 +44,8 @@ pub mod exit {
     pub const FAILED: u8 = 1;
     /// Usage, key or connection errors.
     pub const USAGE: u8 = 2;
-    /// A target of `dispatch run` did not return (timed out, offline, not started).
+    /// A target of `dispatch run` or `dispatch job` did not return (timed out, offline,
+    /// not started, still running, expired).
     pub const DID_NOT_RETURN: u8 = 3;
     /// Ctrl-C stopped the wait (128 + SIGINT).
     pub const INTERRUPTED: u8 = 130;
@@ -442,7 +443,7 @@ pub enum Output {
     Json,
 }
 
-/// How `dispatch job` and `dispatch jobs` print what they found.
+/// How `dispatch job`, `dispatch jobs` and `dispatch schedule` print what they found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ViewOutput {
     /// For people: a report or a table.
@@ -508,14 +509,14 @@ pub fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("dispatch: cannot start the runtime: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(exit::USAGE);
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("dispatch: {e:#}");
-            ExitCode::from(2)
+            ExitCode::from(exit::USAGE)
         }
     }
 }

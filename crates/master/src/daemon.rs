@@ -2,10 +2,13 @@
 //!
 //! Start-up: load (or create) the master and local operator keys, open the key registry,
 //! start the embedded broker with the registry as its gatekeeper (unless `--broker`
-//! names an external one), connect to the broker with the master key, declare the
-//! topology and every accepted minion's queue, then serve three loops until SIGTERM:
-//! RPC requests, minion replies, and queue declarations for keys auto-accepted during a
-//! login. Shutdown closes the AMQP connection, then the broker (320 to its clients).
+//! names an external one), open the job store, connect to the broker (the embedded one
+//! with the master key), declare the topology and every accepted minion's queue, then
+//! serve until SIGTERM: the RPC, results, presence, key-request and expired-command
+//! consumers, queue declarations for keys auto-accepted during a login, the scheduler
+//! and the retention pruning. A consumer that fails stops the daemon with an error (so a
+//! supervisor restarts it). Shutdown closes the AMQP connection, then the broker (320 to
+//! its clients).
 
 use crate::authority::{Accepted, RegistryAuthority, SharedRegistry};
 use crate::history::{History, PRUNE_EVERY};

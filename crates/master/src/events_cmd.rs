@@ -6,7 +6,7 @@
 //! queue bound to [`EVENTS_EXCHANGE`] with the filter as binding key, says on stderr
 //! that it is watching, and prints each event as it comes until Ctrl-C (exit 0), a
 //! closed stdout (`dispatch events | head`: exit 0) or a lost connection (exit 2).
-//! [`decode`] (checking one event) and [`render`] (printing it) are pure.
+//! [`decode`] (checking one event) and [`render()`] (printing it) are pure.
 //!
 //! The queue holds at most [`QUEUE_MAX_LENGTH`] events and the CLI takes
 //! [`PREFETCH`] at a time, acking each once printed: a watcher that stops reading (a

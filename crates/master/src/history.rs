@@ -30,8 +30,8 @@ use uuid::Uuid;
 pub const MIN_ID_DIGITS: usize = 8;
 /// Jobs named when a short id is ambiguous.
 const AMBIGUOUS_SHOWN: usize = 5;
-/// Longest `dispatch job --wait`.
-const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+/// Longest wait a caller may ask for: `dispatch run --timeout`, `dispatch job --wait`.
+pub const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 /// Time a minion has, past its exec timeout, to kill the command and send its return.
 const RETURN_GRACE: Duration = Duration::from_secs(15);
 /// Jobs read per page when a listing filters by target or state.

@@ -15,12 +15,13 @@
 //! summary, and the job goes on without it: late returns are still recorded.
 
 use crate::authority::SharedRegistry;
-use crate::history::History;
+use crate::history::{History, MAX_WAIT};
 use crate::layout::MASTER_ID;
 use crate::presence::PresenceBook;
 use crate::rpc::{Caller, Responder};
 use crate::store::{JobRecord, JobStore};
 use crate::topology;
+use dispatch_common::client::PERSISTENT;
 use dispatch_common::envelope::{Envelope, domain};
 use dispatch_common::keys::KeyPair;
 use dispatch_common::message::{Command, Reply, now_ms};
@@ -41,8 +42,6 @@ use uuid::Uuid;
 /// Binding keys per `BCC` header: about 25 KB, well inside the smallest frame a client
 /// may negotiate.
 const BCC_CHUNK: usize = 1000;
-/// Longest wait a caller may ask for.
-const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 /// Longest time a command may wait for an offline minion.
 const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Most arguments and environment entries a command may carry, together.
@@ -343,7 +342,7 @@ impl Jobs {
     ) -> Result<(), Refusal> {
         let properties = || {
             BasicProperties::default()
-                .with_delivery_mode(2)
+                .with_delivery_mode(PERSISTENT)
                 .with_expiration(ttl.as_millis().to_string().into())
                 .with_reply_to(RESULTS_QUEUE.into())
         };

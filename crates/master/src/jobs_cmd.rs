@@ -17,17 +17,17 @@
 //!
 //! One array of objects ([`JobLine`]), newest first, with the fields `job_id` (string),
 //! `submitted_by` (string), `submitted_at_ms` (Unix milliseconds), `origin` (`cli` or a
-//! schedule's name), `target` (as typed), `command` (the argv, an array of strings, as in `dispatch job`) and `counts`
-//! (an object from state name — `succeeded`, `failed`, `refused`, `interrupted`,
-//! `running`, `timed_out`, `queued`, `expired` — to how many minions are in it; states
-//! with none are left out).
+//! schedule's name), `target` (as typed), `command` (the argv, an array of strings, as
+//! in `dispatch job`) and `counts` (an object from state name — `succeeded`, `failed`,
+//! `refused`, `interrupted`, `running`, `timed_out`, `queued`, `expired` — to how many
+//! minions are in it; states with none are left out).
 //!
 //! Exit codes: 0 when the master answered (even with no jobs), 1 when it refused, 2 for
 //! usage and connection errors.
 
 use crate::cli::{JobsArgs, ViewOutput, exit};
 use crate::client::{MasterClient, Operator};
-use crate::render;
+use crate::render::{self, COMMAND_WIDTH};
 use dispatch_common::names::NameError;
 use dispatch_common::rpc::{JobListing, JobQuery, MinionState, RequestBody, ResponseBody};
 use dispatch_common::target::Target;
@@ -37,8 +37,6 @@ use std::io::Write;
 use std::process::ExitCode;
 use uuid::Uuid;
 
-/// Longest COMMAND shown in the table, in characters.
-pub const COMMAND_WIDTH: usize = 40;
 /// Jobs younger than this show their age (`3m ago`), older ones their time.
 const AGE_SHOWN_MS: u64 = 24 * 3600 * 1000;
 

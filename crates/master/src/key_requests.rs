@@ -1,8 +1,9 @@
-//! Key requests of minions on an external broker (RabbitMQ), from
+//! Key requests of minions (and of operators away from the master host) on an external
+//! broker (RabbitMQ), from
 //! [`KEY_REQUESTS_QUEUE`](dispatch_common::names::KEY_REQUESTS_QUEUE).
 //!
-//! On the embedded broker a minion's SASL login tells the registry who it is; on an
-//! external broker the master never sees the login, so the minion publishes a
+//! On the embedded broker a client's SASL login tells the registry who it is; on an
+//! external broker the master never sees the login, so the client publishes a
 //! [`KeyRequest`] at every connect instead, signed with the key it asks for. The request
 //! goes through the same registry decision as a login: pending, accepted (auto-accept),
 //! or denied when the id already has another key. A request older or newer than

@@ -18,7 +18,7 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/dispatch";
 /// Where `dispatch master` listens by default: every interface, the AMQP port.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:5672";
 /// The master's URL for the CLI when `--master` is not given.
-pub const DEFAULT_MASTER_URL: &str = "amqp://127.0.0.1:5672";
+pub const DEFAULT_MASTER_URL: &str = dispatch_common::DEFAULT_MASTER_URL;
 /// How long jobs are kept when `--keep-jobs` is not given.
 pub const DEFAULT_KEEP_JOBS: &str = "7d";
 /// The id the master signs as and connects to its broker with.

@@ -24,9 +24,7 @@ impl PresenceBook {
         let envelope = Envelope::decode(bytes).map_err(|e| e.to_string())?;
         let key = registry
             .lock()
-            .accepted(&envelope.signer)
-            .filter(|r| r.role == Role::Minion)
-            .and_then(|r| r.public_key())
+            .accepted_key(&envelope.signer, Role::Minion)
             .ok_or_else(|| format!("presence of '{}', not an accepted minion", envelope.signer))?;
         let presence: Presence = envelope
             .open(domain::PRESENCE, &key)

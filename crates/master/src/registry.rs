@@ -256,6 +256,13 @@ impl Registry {
         }
     }
 
+    /// The public key of `id` if it is accepted with `role` (and its key is readable).
+    pub fn accepted_key(&self, id: &str, role: Role) -> Option<PublicKey> {
+        self.accepted(id)
+            .filter(|record| record.role == role)
+            .and_then(KeyRecord::public_key)
+    }
+
     /// Every accepted record of `role`.
     pub fn accepted_with_role(&self, role: Role) -> Vec<KeyRecord> {
         self.records

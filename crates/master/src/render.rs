@@ -6,6 +6,10 @@
 use dispatch_common::rpc::MinionState;
 use std::time::{Duration, UNIX_EPOCH};
 
+/// Longest COMMAND shown in a table (`dispatch jobs`, `dispatch schedule list`), in
+/// characters.
+pub const COMMAND_WIDTH: usize = 40;
+
 /// `rows` under `header` as an aligned table: columns two spaces apart, each line
 /// trimmed at the end and ending in a newline.
 pub fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {

@@ -21,9 +21,7 @@ pub fn verify_reply(bytes: &[u8], registry: &SharedRegistry) -> Result<Reply, St
     let envelope = Envelope::decode(bytes).map_err(|e| e.to_string())?;
     let key = registry
         .lock()
-        .accepted(&envelope.signer)
-        .filter(|record| record.role == Role::Minion)
-        .and_then(|record| record.public_key())
+        .accepted_key(&envelope.signer, Role::Minion)
         .ok_or_else(|| {
             format!(
                 "reply from '{}', which is not an accepted minion",

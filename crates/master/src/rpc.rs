@@ -1,4 +1,5 @@
-//! The master's request/response API, served on [`MASTER_RPC_QUEUE`].
+//! The master's request/response API, served on
+//! [`MASTER_RPC_QUEUE`](dispatch_common::names::MASTER_RPC_QUEUE).
 //!
 //! Every request is checked before it is read: its envelope must be signed by an
 //! accepted operator key under the RPC domain, it must not have expired (nor claim a

@@ -2,10 +2,11 @@
 //!
 //! Flow: [`plan`] checks the arguments and builds the [`RunSpec`] before any I/O (a bad
 //! target costs no connection; the targeting and execution options go through
-//! [`run_spec`], which `dispatch schedule add` shares); [`run`] connects, sends it, and reads the master's
-//! answers: first [`ResponseBody::Started`] (the job id and who is targeted), then one
-//! [`ResponseBody::Return`] per minion as the master records it, and last a
-//! [`ResponseBody::Summary`] naming who did not return when the wait (`--timeout`) ended.
+//! [`run_spec`], which `dispatch schedule add` shares); [`run`] connects, sends it, and
+//! reads the master's answers: first [`ResponseBody::Started`] (the job id and who is
+//! targeted), then one [`ResponseBody::Return`] per minion as the master records it,
+//! and last a [`ResponseBody::Summary`] naming who did not return when the wait
+//! (`--timeout`) ended.
 //! The master does the waiting; the CLI only waits `--timeout` + [`ANSWER_SLACK`] for
 //! each answer. Ctrl-C, a lost connection or a missing summary stop the CLI, never the
 //! job: its returns land in the job store (`dispatch job JID`).
@@ -529,7 +530,8 @@ pub fn exit_code_for(replies: &[Reply], missing: &Missing) -> u8 {
 
 /// One minion's line of `--out json` (an item of `--out yaml`); the fields are
 /// documented in the module doc and never renamed. `dispatch job` and `dispatch events`
-/// print the same object with their own `status` names ([`with_status`](Self::with_status)).
+/// print the same object with their own `status` names
+/// ([`with_status`](Self::with_status)).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MinionRecord<S = Status> {
     pub minion: String,

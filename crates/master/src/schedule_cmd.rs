@@ -108,7 +108,7 @@ use crate::cli::{
     MissedArg, Output, OverlapArg, ScheduleAddArgs, ScheduleCommand, ViewOutput, exit,
 };
 use crate::client::{MasterClient, Operator};
-use crate::render;
+use crate::render::{self, COMMAND_WIDTH};
 use crate::run_cmd::{Verb, run_spec};
 use crate::schedule::{ScheduleError, from_ms};
 use chrono_tz::Tz;
@@ -126,8 +126,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 use uuid::Uuid;
 
-/// Longest COMMAND shown in the table, in characters.
-pub const COMMAND_WIDTH: usize = 40;
 /// Hex digits of the job id the table shows (a suffix `dispatch job` accepts).
 pub const SHORT_ID_DIGITS: usize = crate::history::MIN_ID_DIGITS;
 

@@ -51,6 +51,11 @@ impl Scheduler {
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Self>, crate::store::StoreError> {
         let stored = history.store.schedules()?;
+        for schedule in &stored {
+            if let Err(e) = schedule.spec() {
+                tracing::error!(schedule = %schedule.name, "the stored schedule never fires: {e}");
+            }
+        }
         let schedules = stored.into_iter().map(|s| (s.name.clone(), s)).collect();
         Ok(Arc::new(Self {
             responder: history.responder.clone(),

@@ -1,6 +1,6 @@
-//! Declares the AMQP topology the master owns (DESIGN.md §2): the command and event
-//! exchanges, the results, RPC and expired queues, and one durable queue per accepted
-//! minion with its bindings. Minions declare nothing.
+//! Declares the AMQP topology the master owns (the table in docs/ARCHITECTURE.md): the
+//! command and event exchanges, the results, RPC, key-request and expired queues, and
+//! one durable queue per accepted minion with its bindings. Minions declare nothing.
 //!
 //! Minion queues are declared once with their final arguments (dead-letter exchange for
 //! expired commands, a length limit that refuses further publishes), because a

@@ -10,7 +10,7 @@
 
 use crate::config::{
     Config, DEFAULT_CONCURRENCY, DEFAULT_DATA_DIR, DEFAULT_MASTER, DEFAULT_MAX_OUTPUT,
-    DEFAULT_RECONNECT_MAX, DEFAULT_SKEW, MAX_MAX_OUTPUT,
+    DEFAULT_RECONNECT_MAX, DEFAULT_SKEW, MAX_MAX_OUTPUT, RECONNECT_INITIAL,
 };
 use crate::daemon::{Minion, MinionError};
 use clap::Parser;
@@ -83,7 +83,7 @@ pub enum ConfigError {
          give the fingerprint of the master's key as the master shows it"
     )]
     FingerprintRequired(String),
-    #[error("--reconnect-max must be at least 100ms")]
+    #[error("--reconnect-max must be at least {RECONNECT_INITIAL:?}")]
     ReconnectMax,
 }
 
@@ -111,7 +111,7 @@ impl Args {
                 dispatch_common::client::redact(&self.master),
             ));
         }
-        if self.reconnect_max < Duration::from_millis(100) {
+        if self.reconnect_max < RECONNECT_INITIAL {
             return Err(ConfigError::ReconnectMax);
         }
         Ok(Config {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// `--master` when not given: the embedded broker of a master on this host.
-pub const DEFAULT_MASTER: &str = "amqp://127.0.0.1:5672";
+pub const DEFAULT_MASTER: &str = dispatch_common::DEFAULT_MASTER_URL;
 /// `--data-dir` when not given.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/dispatch-minion";
 /// `--skew` when not given: how far in the future a command's issue time may be.

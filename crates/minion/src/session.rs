@@ -1,7 +1,8 @@
 //! One connected session with the master's broker: one channel with publisher
 //! confirms, `basic.qos(prefetch = concurrency)`, a consumer on the minion's own queue
 //! (declared by the master; the minion declares nothing), and the publishes a minion
-//! may make: signed replies to `dispatch.results` and signed presence events.
+//! may make: signed replies to `dispatch.results`, signed presence events and, on an
+//! external broker, a signed key request to `dispatch.master.keys` before consuming.
 //!
 //! Every publish waits for the broker's confirm, so a reply counts as sent only once the
 //! broker has it. On a key login (`DISPATCH-ED25519`, the embedded broker) publishes
@@ -12,6 +13,7 @@
 //! deliveries is [`crate::daemon`]'s business.
 
 use crate::config::Config;
+use dispatch_common::client::{PERSISTENT, TRANSIENT};
 use dispatch_common::envelope::{Envelope, domain};
 use dispatch_common::keys::KeyPair;
 use dispatch_common::message::{KeyRequest, Presence, Reply, now_ms};
@@ -26,9 +28,6 @@ use lapin::{BasicProperties, Channel, Connection, Consumer};
 
 /// Content type of every dispatch message.
 const CONTENT_TYPE: &str = "application/msgpack";
-/// AMQP delivery mode of replies (persistent) and of presence events (transient).
-const PERSISTENT: u8 = 2;
-const TRANSIENT: u8 = 1;
 
 /// Why a session ended or could not start.
 #[derive(Debug, thiserror::Error)]
@@ -104,20 +103,38 @@ async fn request_key(
         at_ms: now_ms(),
     };
     let body = Envelope::seal(domain::KEY_REQUEST, pair, &config.id, &request);
-    let published = channel
+    let properties = BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_content_type(CONTENT_TYPE.into());
+    publish(channel, "", names::KEY_REQUESTS_QUEUE, &body, properties).await
+}
+
+/// Publishes `body` and waits for the broker's confirm; a nack is an error.
+async fn publish(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<(), SessionError> {
+    let to = || {
+        if exchange.is_empty() {
+            routing_key.to_owned()
+        } else {
+            format!("{exchange}/{routing_key}")
+        }
+    };
+    let confirm = channel
         .basic_publish(
-            "".into(),
-            names::KEY_REQUESTS_QUEUE.into(),
+            exchange.into(),
+            routing_key.into(),
             BasicPublishOptions::default(),
-            &body,
-            BasicProperties::default()
-                .with_delivery_mode(PERSISTENT)
-                .with_content_type(CONTENT_TYPE.into()),
+            body,
+            properties,
         )
-        .await;
-    let to = || names::KEY_REQUESTS_QUEUE.to_owned();
-    let confirmation = published
-        .map_err(|source| SessionError::Publish { to: to(), source })?
+        .await
+        .map_err(|source| SessionError::Publish { to: to(), source })?;
+    let confirmation = confirm
         .await
         .map_err(|source| SessionError::Publish { to: to(), source })?;
     if confirmation.is_nack() {
@@ -205,8 +222,7 @@ impl Session {
             .with_delivery_mode(PERSISTENT)
             .with_content_type(CONTENT_TYPE.into())
             .with_correlation_id(reply.job_id.to_string().into());
-        self.publish("", names::RESULTS_QUEUE, &body, properties)
-            .await
+        publish(&self.channel, "", names::RESULTS_QUEUE, &body, properties).await
     }
 
     /// Signs and publishes a presence event.
@@ -233,8 +249,14 @@ impl Session {
             .properties()
             .with_delivery_mode(TRANSIENT)
             .with_content_type(CONTENT_TYPE.into());
-        self.publish(names::EVENTS_EXCHANGE, &key, &body, properties)
-            .await
+        publish(
+            &self.channel,
+            names::EVENTS_EXCHANGE,
+            &key,
+            &body,
+            properties,
+        )
+        .await
     }
 
     /// The properties every publish starts from.
@@ -244,40 +266,6 @@ impl Session {
             Some(id) => properties.with_user_id(id.as_str().into()),
             None => properties,
         }
-    }
-
-    async fn publish(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        properties: BasicProperties,
-    ) -> Result<(), SessionError> {
-        let to = || {
-            if exchange.is_empty() {
-                routing_key.to_owned()
-            } else {
-                format!("{exchange}/{routing_key}")
-            }
-        };
-        let confirm = self
-            .channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
-            .await
-            .map_err(|source| SessionError::Publish { to: to(), source })?;
-        let confirmation = confirm
-            .await
-            .map_err(|source| SessionError::Publish { to: to(), source })?;
-        if confirmation.is_nack() {
-            return Err(SessionError::Nacked(to()));
-        }
-        Ok(())
     }
 
     /// Stops the deliveries (shutdown); deliveries not yet taken go back to the queue

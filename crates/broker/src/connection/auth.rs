@@ -3,8 +3,8 @@
 //!
 //! Only what can succeed is offered: clients pick the first mechanism they know from the
 //! broker's list, so an advertised but unusable one would lock them out. The key
-//! mechanism's exchange of `secure`/`secure-ok` is driven by [`super::handshake`](mod@super::handshake); this
-//! module only judges what arrives.
+//! mechanism's exchange of `secure`/`secure-ok` is driven by
+//! [`super::handshake`](mod@super::handshake); this module only judges what arrives.
 
 use crate::codec::table::check_table_body;
 use crate::config::{BrokerConfig, User};
