@@ -75,6 +75,11 @@ async fn an_async_run_is_complete_in_dispatch_job_wait() {
     assert_eq!(view["submitted_by"], "operator.local");
     assert_eq!(view["origin"], "cli");
     assert_eq!(view["target"], "*");
+    assert_eq!(view["command"], serde_json::json!(["echo", "cached"]));
+    assert!(
+        view["timeout_ms"].is_u64() && view["ttl_ms"].is_u64(),
+        "{view}"
+    );
 }
 
 #[tokio::test]

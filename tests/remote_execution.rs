@@ -111,6 +111,28 @@ async fn exit_codes_output_and_text_summary() {
             (Some("out\n"), Some("err\n"))
         );
     }
+    let scratch = master.scratch("cwd");
+    let env = master
+        .cli(&[
+            "run",
+            "--out",
+            "json",
+            "--env",
+            "GREETING=hi there",
+            "--cwd",
+            scratch.to_str().unwrap(),
+            "--shell",
+            "db.01",
+            "echo \"$GREETING\"; pwd",
+        ])
+        .await;
+    let object = &objects(&env.stdout)[0];
+    let expected = format!("hi there\n{}\n", scratch.display());
+    assert_eq!(
+        object["stdout"].as_str(),
+        Some(expected.as_str()),
+        "{env:?}"
+    );
     let text = master.cli(&["run", "db.01", "echo", "plain text"]).await;
     assert_eq!(text.code, 0, "{text:?}");
     assert!(

@@ -44,6 +44,10 @@
 //! | `target` | string | the target as typed (`web.*`, `-G web`, `-L a,b`) |
 //! | `command` | array of strings | the argv (one shell line when `shell`) |
 //! | `shell` | bool | run through `/bin/sh -c` |
+//! | `env` | array of [name, value] | environment given to the command |
+//! | `cwd` | string or null | its working directory |
+//! | `timeout_ms` | int | how long `dispatch run` waited for online minions (`--timeout`) |
+//! | `exec_timeout_ms` | int or null | how long the command may run (`--exec-timeout`) |
 //! | `ttl_ms` | int | how long the command may wait in an offline minion's queue |
 //! | `expires_at_ms` | int | when a queued command expires, in Unix milliseconds |
 //! | `minions` | array | one object per expected minion, below |
@@ -191,6 +195,10 @@ pub struct JobReport<'a> {
     pub target: &'a str,
     pub command: &'a [String],
     pub shell: bool,
+    pub env: &'a [(String, String)],
+    pub cwd: Option<&'a str>,
+    pub timeout_ms: u64,
+    pub exec_timeout_ms: Option<u64>,
     pub ttl_ms: u64,
     pub expires_at_ms: u64,
     pub minions: Vec<JobMinion>,
@@ -206,6 +214,10 @@ impl<'a> JobReport<'a> {
             target: &view.target,
             command: &view.exec.argv,
             shell: view.exec.shell,
+            env: &view.exec.env,
+            cwd: view.exec.cwd.as_deref(),
+            timeout_ms: view.wait_ms,
+            exec_timeout_ms: view.exec.timeout_ms,
             ttl_ms: view.ttl_ms,
             expires_at_ms: view.expires_at_ms,
             minions: view
