@@ -20,6 +20,7 @@ use crate::rpc::{Responder, RpcServer};
 use crate::schedule::SystemClock;
 use crate::scheduler::Scheduler;
 use crate::store::JobStore;
+use crate::tasks::Tasks;
 use crate::{key_requests, results, topology};
 use anyhow::Context;
 use dispatch_broker::{Broker, BrokerConfig, User};
@@ -191,7 +192,8 @@ async fn serve(
         master: master.clone(),
         channel: connection.create_channel().await?,
     });
-    let history = History::new(store, responder);
+    let loops = CancellationToken::new();
+    let history = History::new(store, responder, Tasks::new(tasks.clone(), loops.clone()));
     let jobs = Jobs::new(
         master.clone(),
         registry.clone(),
@@ -217,7 +219,6 @@ async fn serve(
         fingerprint: master.public().fingerprint(),
     });
 
-    let loops = CancellationToken::new();
     tasks.spawn(scheduler.clone().run(loops.clone()));
     let server = Arc::new(RpcServer {
         registry: registry.clone(),

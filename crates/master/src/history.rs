@@ -15,6 +15,7 @@
 
 use crate::rpc::{Caller, Responder};
 use crate::store::{JobRecord, JobStore, ReturnRecord, StoreError};
+use crate::tasks::Tasks;
 use dispatch_common::message::{Outcome, now_ms};
 use dispatch_common::rpc::{
     JobListing, JobQuery, JobView, MinionReturn, MinionState, ResponseBody,
@@ -47,14 +48,17 @@ pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 pub struct History {
     pub store: Arc<JobStore>,
     pub responder: Arc<Responder>,
+    /// Where every background task of the job engine is spawned.
+    pub tasks: Tasks,
     watchers: Mutex<HashMap<Uuid, Vec<Caller>>>,
 }
 
 impl History {
-    pub fn new(store: Arc<JobStore>, responder: Arc<Responder>) -> Arc<Self> {
+    pub fn new(store: Arc<JobStore>, responder: Arc<Responder>, tasks: Tasks) -> Arc<Self> {
         Arc::new(Self {
             store,
             responder,
+            tasks,
             watchers: Mutex::default(),
         })
     }
@@ -148,7 +152,8 @@ impl History {
         };
         let history = self.clone();
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
-        tokio::spawn(async move { history.watch(job, view, deadline, caller).await });
+        self.tasks
+            .spawn(async move { history.watch(job, view, deadline, caller).await });
     }
 
     fn watchers(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Vec<Caller>>> {

@@ -567,6 +567,10 @@ mod tests {
                 "target": "web.*",
                 "command": ["ls", "-la", "/tmp"],
                 "shell": false,
+                "env": [],
+                "cwd": null,
+                "timeout_ms": 30_000,
+                "exec_timeout_ms": 3_600_000,
                 "ttl_ms": 3_600_000,
                 "expires_at_ms": 3_660_000,
                 "minions": [

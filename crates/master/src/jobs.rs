@@ -269,7 +269,7 @@ impl Jobs {
             self.end_wait(job_id).await;
         } else {
             let jobs = self.clone();
-            tokio::spawn(async move {
+            self.history.tasks.spawn(async move {
                 tokio::time::sleep(Duration::from_millis(spec.wait_ms)).await;
                 jobs.end_wait(job_id).await;
             });
@@ -492,7 +492,7 @@ impl Jobs {
         };
         if let Some(ttl) = ttl {
             let jobs = self.clone();
-            tokio::spawn(async move {
+            self.history.tasks.spawn(async move {
                 tokio::time::sleep(ttl).await;
                 jobs.active().remove(&job_id);
             });

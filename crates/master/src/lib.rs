@@ -17,7 +17,7 @@
 //!   `dispatch minions`; [`job_cmd`]: `dispatch job`; [`jobs_cmd`]: `dispatch jobs`;
 //!   [`events_cmd`]: `dispatch events`; [`schedule_cmd`]: `dispatch schedule …`;
 //!   [`render`]: tables and times for people;
-//! - [`layout`]: the data dir and every default.
+//! - [`tasks`]: tracked background tasks; [`layout`]: the data dir and every default.
 
 pub mod authority;
 pub mod cli;
@@ -42,4 +42,5 @@ pub mod schedule;
 pub mod schedule_cmd;
 pub mod scheduler;
 pub mod store;
+pub mod tasks;
 pub mod topology;

@@ -178,7 +178,10 @@ impl RpcServer {
                 match request.body {
                     RequestBody::Run(spec) => {
                         let jobs = self.jobs.clone();
-                        tokio::spawn(async move { jobs.submit(&operator, spec, caller).await });
+                        self.jobs
+                            .history
+                            .tasks
+                            .spawn(async move { jobs.submit(&operator, spec, caller).await });
                     }
                     RequestBody::AddSchedule(_)
                     | RequestBody::Schedules { .. }
@@ -188,19 +191,22 @@ impl RpcServer {
                     | RequestBody::RunSchedule { .. } => {
                         let request = schedule_request(request.body);
                         let scheduler = self.scheduler.clone();
-                        tokio::spawn(async move { scheduler.answer(request, &caller).await });
+                        self.jobs
+                            .history
+                            .tasks
+                            .spawn(async move { scheduler.answer(request, &caller).await });
                     }
                     RequestBody::Jobs(query) => {
                         let (history, responder) =
                             (self.jobs.history.clone(), self.jobs.responder.clone());
-                        tokio::spawn(async move {
+                        self.jobs.history.tasks.spawn(async move {
                             let answer = history.list(query).await;
                             responder.send(&caller, answer).await;
                         });
                     }
                     RequestBody::Minions => {
                         let jobs = self.jobs.clone();
-                        tokio::spawn(async move {
+                        self.jobs.history.tasks.spawn(async move {
                             let answer = ResponseBody::Minions(jobs.minions().await);
                             jobs.responder.send(&caller, answer).await;
                         });
@@ -208,7 +214,10 @@ impl RpcServer {
                     RequestBody::Job { id, wait_ms } => {
                         let history = self.jobs.history.clone();
                         let wait = wait_ms.map(Duration::from_millis);
-                        tokio::spawn(async move { history.answer_job(id, wait, caller).await });
+                        self.jobs
+                            .history
+                            .tasks
+                            .spawn(async move { history.answer_job(id, wait, caller).await });
                     }
                     body => {
                         let answer = self.answer(body).await;

@@ -140,7 +140,7 @@ impl Scheduler {
     fn fire_later(self: &Arc<Self>, name: String, delay: Duration) {
         self.splaying().insert(name.clone());
         let scheduler = self.clone();
-        tokio::spawn(async move {
+        self.history.tasks.spawn(async move {
             tokio::time::sleep(delay).await;
             let _ = scheduler.fire(&name).await;
             scheduler.splaying().remove(&name);
