@@ -12,7 +12,7 @@
 
 use crate::authority::{Accepted, RegistryAuthority, SharedRegistry};
 use crate::history::{History, PRUNE_EVERY};
-use crate::jobs::Jobs;
+use crate::jobs::{Jobs, PROBE_CHANNELS};
 use crate::layout::{DataDir, LOCAL_OPERATOR_ID, MASTER_ID};
 use crate::presence::PresenceBook;
 use crate::registry::{AutoAccept, Registry};
@@ -200,7 +200,7 @@ async fn serve(
         presence.clone(),
         history.clone(),
         publisher,
-        connection.create_channel().await?,
+        probe_channels(&connection).await?,
         connection.clone(),
     );
     let scheduler = Scheduler::open(jobs.clone(), history.clone(), Arc::new(SystemClock))?;
@@ -310,6 +310,15 @@ async fn serve(
     tracing::info!("shutting down");
     let _ = connection.close(200, "master shutting down".into()).await;
     Ok(())
+}
+
+/// The channels that ask the broker which minions are connected.
+async fn probe_channels(connection: &lapin::Connection) -> lapin::Result<Vec<Channel>> {
+    let mut channels = Vec::with_capacity(PROBE_CHANNELS);
+    for _ in 0..PROBE_CHANNELS {
+        channels.push(connection.create_channel().await?);
+    }
+    Ok(channels)
 }
 
 /// A channel with a prefetch and a consumer on `queue`.

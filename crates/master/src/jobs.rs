@@ -34,7 +34,7 @@ use dispatch_common::target::Target;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use uuid::Uuid;
@@ -44,6 +44,8 @@ use uuid::Uuid;
 const BCC_CHUNK: usize = 1000;
 /// Longest time a command may wait for an offline minion.
 const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Channels that ask the broker, in parallel, which minions are connected.
+pub const PROBE_CHANNELS: usize = 4;
 /// Most arguments and environment entries a command may carry, together.
 const MAX_ARGS: usize = 4096;
 
@@ -82,7 +84,7 @@ pub struct Jobs {
     /// Publishes commands, in confirm mode.
     pub publisher: Channel,
     /// Asks the broker who is connected; reopened after a failed passive declare.
-    pub probe: tokio::sync::Mutex<Channel>,
+    pub probes: Vec<Arc<tokio::sync::Mutex<Channel>>>,
     pub connection: Arc<Connection>,
     active: Mutex<HashMap<Uuid, Active>>,
 }
@@ -111,7 +113,7 @@ impl Jobs {
         presence: Arc<PresenceBook>,
         history: Arc<History>,
         publisher: Channel,
-        probe: Channel,
+        probes: Vec<Channel>,
         connection: Arc<Connection>,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -122,7 +124,10 @@ impl Jobs {
             responder: history.responder.clone(),
             history,
             publisher,
-            probe: tokio::sync::Mutex::new(probe),
+            probes: probes
+                .into_iter()
+                .map(|c| Arc::new(tokio::sync::Mutex::new(c)))
+                .collect(),
             connection,
             active: Mutex::default(),
         })
@@ -169,15 +174,19 @@ impl Jobs {
                 spec.target
             ));
         }
-        let mut online = Vec::new();
-        let mut offline = BTreeSet::new();
-        for minion in &expected {
-            if self.is_connected(minion).await {
-                online.push(minion.clone());
-            } else {
-                offline.insert(minion.clone());
-            }
-        }
+        let connected = self.connected(&expected).await;
+        let (online, offline): (Vec<String>, BTreeSet<String>) = (
+            expected
+                .iter()
+                .filter(|m| connected.contains(*m))
+                .cloned()
+                .collect(),
+            expected
+                .iter()
+                .filter(|m| !connected.contains(*m))
+                .cloned()
+                .collect(),
+        );
         let now = now_ms();
         let ttl = Duration::from_millis(spec.ttl_ms);
         let command = Command {
@@ -315,19 +324,37 @@ impl Jobs {
         ids
     }
 
-    /// Whether `id` consumes its queue now; a broker error counts as not connected.
-    async fn is_connected(&self, id: &str) -> bool {
-        let mut probe = self.probe.lock().await;
-        match topology::is_consuming(&probe, id).await {
-            Ok(consuming) => consuming,
-            Err(e) => {
-                tracing::warn!(%id, "cannot ask the broker whether the minion is connected: {e}");
-                if let Ok(channel) = self.connection.create_channel().await {
-                    *probe = channel;
+    /// Which of `ids` consume their queue now, asked of the broker over the probe
+    /// channels in parallel; a broker error counts as not connected.
+    async fn connected(&self, ids: &[String]) -> HashSet<String> {
+        let mut probes = tokio::task::JoinSet::new();
+        let chunk = ids.len().div_ceil(self.probes.len()).max(1);
+        for (ids, probe) in ids.chunks(chunk).zip(&self.probes) {
+            let (ids, probe, connection) = (ids.to_vec(), probe.clone(), self.connection.clone());
+            probes.spawn(async move {
+                let mut channel = probe.lock().await;
+                let mut up = Vec::new();
+                for id in ids {
+                    match topology::is_consuming(&channel, &id).await {
+                        Ok(true) => up.push(id),
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(%id, "cannot ask the broker whether the minion is connected: {e}");
+                            // A failed passive declare closes the channel: open another.
+                            if let Ok(fresh) = connection.create_channel().await {
+                                *channel = fresh;
+                            }
+                        }
+                    }
                 }
-                false
-            }
+                up
+            });
         }
+        let mut connected = HashSet::new();
+        while let Some(done) = probes.join_next().await {
+            connected.extend(done.unwrap_or_default());
+        }
+        connected
     }
 
     /// Publishes the command to `targets`: by the target's own binding when it reaches
@@ -508,11 +535,13 @@ impl Jobs {
     pub async fn minions(&self) -> Vec<MinionInfo> {
         let mut records = self.registry.lock().accepted_with_role(Role::Minion);
         records.sort_by(|a, b| a.id.cmp(&b.id));
+        let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+        let connected = self.connected(&ids).await;
         let mut minions = Vec::with_capacity(records.len());
         for record in records {
             let last = self.presence.last(&record.id);
             minions.push(MinionInfo {
-                up: self.is_connected(&record.id).await,
+                up: connected.contains(&record.id),
                 last_seen_ms: last.as_ref().map(|p| p.at_ms),
                 version: last.map(|p| p.version),
                 id: record.id,
