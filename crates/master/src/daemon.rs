@@ -222,7 +222,6 @@ async fn serve(
     tasks.spawn(scheduler.clone().run(loops.clone()));
     let server = Arc::new(RpcServer {
         registry: registry.clone(),
-        seen: Default::default(),
         channel: rpc.0.clone(),
         jobs: jobs.clone(),
         scheduler: scheduler.clone(),

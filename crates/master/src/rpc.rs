@@ -21,53 +21,20 @@ use dispatch_common::rpc::{REQUEST_LIFETIME, Request, RequestBody, Response, Res
 use lapin::options::{BasicAckOptions, BasicPublishOptions};
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, message::Delivery};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Clock difference tolerated between an operator's host and the master.
 pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
-/// Nonces remembered at most; beyond, requests are refused until old ones expire.
-pub const MAX_REMEMBERED_NONCES: usize = 1_000_000;
-
-/// Requests between two sweeps of expired nonces.
-const NONCE_SWEEP_EVERY: u32 = 1024;
-
-/// The nonces of requests that have not expired yet.
-#[derive(Debug, Default)]
-pub struct SeenNonces {
-    nonces: HashMap<[u8; 16], u64>,
-    since_sweep: u32,
-}
-
-impl SeenNonces {
-    /// Records `nonce` (valid until `expires_at_ms`); an error if it was already seen.
-    fn insert(&mut self, nonce: [u8; 16], expires_at_ms: u64, now: u64) -> Result<(), String> {
-        self.since_sweep += 1;
-        if self.since_sweep >= NONCE_SWEEP_EVERY {
-            self.since_sweep = 0;
-            self.nonces.retain(|_, expiry| *expiry >= now);
-        }
-        if self.nonces.len() >= MAX_REMEMBERED_NONCES {
-            self.nonces.retain(|_, expiry| *expiry >= now);
-            if self.nonces.len() >= MAX_REMEMBERED_NONCES {
-                return Err("the master is handling too many requests; try again".into());
-            }
-        }
-        match self.nonces.insert(nonce, expires_at_ms) {
-            None => Ok(()),
-            Some(_) => Err("request refused: it was already used (replayed request)".into()),
-        }
-    }
-}
-
-/// Checks a request envelope: an accepted operator's signature, the expiry window, a new
-/// nonce. Returns the operator's id and the request.
+/// Checks a request envelope: an accepted operator's signature, the expiry window, and
+/// a new nonce — `remember` records the nonce until the request expires and says whether
+/// it was new (the job store keeps them, so a master restart forgets none). Returns the
+/// operator's id and the request.
 pub fn verify_request(
     bytes: &[u8],
     registry: &SharedRegistry,
-    seen: &Mutex<SeenNonces>,
+    remember: impl FnOnce([u8; 16], u64) -> Result<bool, String>,
     now: u64,
 ) -> Result<(String, Request), String> {
     let envelope = Envelope::decode(bytes).map_err(|e| e.to_string())?;
@@ -97,11 +64,9 @@ pub fn verify_request(
     if request.expires_at_ms > latest {
         return Err("request refused: it claims to expire too far in the future".into());
     }
-    seen.lock().unwrap_or_else(|e| e.into_inner()).insert(
-        request.nonce,
-        request.expires_at_ms,
-        now,
-    )?;
+    if !remember(request.nonce, request.expires_at_ms)? {
+        return Err("request refused: it was already used (replayed request)".into());
+    }
     Ok((envelope.signer, request))
 }
 
@@ -152,7 +117,6 @@ impl Responder {
 /// Serves RPC requests: verification, then the handler, then the signed answer.
 pub struct RpcServer {
     pub registry: SharedRegistry,
-    pub seen: Mutex<SeenNonces>,
     /// Acks requests and declares queues.
     pub channel: Channel,
     pub jobs: Arc<Jobs>,
@@ -166,7 +130,14 @@ impl RpcServer {
     pub async fn handle(&self, delivery: Delivery) -> lapin::Result<()> {
         let reply_to = delivery.properties.reply_to().clone();
         let correlation_id = delivery.properties.correlation_id().clone();
-        let verified = verify_request(&delivery.data, &self.registry, &self.seen, now_ms());
+        let store = &self.jobs.store;
+        let remember = |nonce, expires_at_ms| {
+            store.remember_nonce(nonce, expires_at_ms).map_err(|e| {
+                tracing::error!("{e}");
+                "the master cannot record the request; see its log".to_owned()
+            })
+        };
+        let verified = verify_request(&delivery.data, &self.registry, remember, now_ms());
         let caller = reply_to.map(|reply_to| Caller {
             reply_to: reply_to.to_string(),
             correlation_id,
@@ -353,6 +324,7 @@ fn role_name(role: Role) -> &'static str {
 mod tests {
     use super::*;
     use crate::registry::{AutoAccept, Registry};
+    use std::sync::Mutex;
 
     fn registry_with(operator: &KeyPair) -> (tempfile::TempDir, SharedRegistry) {
         let dir = tempfile::tempdir().unwrap();
@@ -371,15 +343,16 @@ mod tests {
     fn an_operator_request_passes_once() {
         let operator = KeyPair::generate();
         let (_dir, registry) = registry_with(&operator);
-        let seen = Mutex::default();
+        let seen = Mutex::new(std::collections::HashSet::new());
+        let remember = |nonce, _| Ok(seen.lock().unwrap().insert(nonce));
         let bytes = sealed(
             &operator,
             "operator.local",
             &Request::new(RequestBody::ListKeys),
         );
-        let (who, _) = verify_request(&bytes, &registry, &seen, now_ms()).unwrap();
+        let (who, _) = verify_request(&bytes, &registry, remember, now_ms()).unwrap();
         assert_eq!(who, "operator.local");
-        let replay = verify_request(&bytes, &registry, &seen, now_ms()).unwrap_err();
+        let replay = verify_request(&bytes, &registry, remember, now_ms()).unwrap_err();
         assert!(replay.contains("replayed"), "{replay}");
     }
 
@@ -387,16 +360,17 @@ mod tests {
     fn strangers_forgeries_and_stale_requests_are_refused() {
         let operator = KeyPair::generate();
         let (_dir, registry) = registry_with(&operator);
-        let seen = Mutex::default();
+        let seen = Mutex::new(std::collections::HashSet::new());
+        let remember = |nonce, _| Ok(seen.lock().unwrap().insert(nonce));
         let request = Request::new(RequestBody::ListKeys);
         let stranger = sealed(&KeyPair::generate(), "operator.eve", &request);
-        let err = verify_request(&stranger, &registry, &seen, now_ms()).unwrap_err();
+        let err = verify_request(&stranger, &registry, remember, now_ms()).unwrap_err();
         assert!(err.contains("dispatch key accept operator.eve"), "{err}");
         let forged = sealed(&KeyPair::generate(), "operator.local", &request);
-        assert!(verify_request(&forged, &registry, &seen, now_ms()).is_err());
+        assert!(verify_request(&forged, &registry, remember, now_ms()).is_err());
         let late = now_ms() + 2 * REQUEST_LIFETIME.as_millis() as u64;
         let bytes = sealed(&operator, "operator.local", &request);
-        let err = verify_request(&bytes, &registry, &seen, late).unwrap_err();
+        let err = verify_request(&bytes, &registry, remember, late).unwrap_err();
         assert!(err.contains("expired"), "{err}");
         let far = Request {
             expires_at_ms: now_ms() + 3_600_000,
@@ -405,7 +379,7 @@ mod tests {
         let err = verify_request(
             &sealed(&operator, "operator.local", &far),
             &registry,
-            &seen,
+            remember,
             now_ms(),
         );
         assert!(err.unwrap_err().contains("too far"));

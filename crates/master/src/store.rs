@@ -20,7 +20,7 @@
 //! Every method blocks on SQLite; async callers go through `spawn_blocking`.
 
 use crate::schedule::Schedule;
-use dispatch_common::message::{Exec, Outcome, Reply};
+use dispatch_common::message::{Exec, Outcome, Reply, now_ms};
 use dispatch_common::target::Target;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
@@ -58,6 +58,10 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE schedules (
         name TEXT PRIMARY KEY,
         schedule BLOB NOT NULL
+    );",
+    "CREATE TABLE request_nonces (
+        nonce BLOB PRIMARY KEY,
+        expires_at_ms INTEGER NOT NULL
     );",
 ];
 
@@ -252,11 +256,26 @@ impl JobStore {
         Ok(jobs)
     }
 
+    /// Remembers an RPC request's nonce until `expires_at_ms`; false if it is already
+    /// remembered (a replayed request). Expired nonces go with [`prune`](Self::prune).
+    pub fn remember_nonce(&self, nonce: [u8; 16], expires_at_ms: u64) -> Result<bool, StoreError> {
+        let inserted = self.lock().execute(
+            "INSERT OR IGNORE INTO request_nonces (nonce, expires_at_ms) VALUES (?1, ?2)",
+            params![nonce.to_vec(), expires_at_ms as i64],
+        )?;
+        Ok(inserted == 1)
+    }
+
     /// Deletes up to `batch` jobs (and their returns) submitted before `before_ms` whose
     /// command also expired before it (a long TTL keeps a job while it may still run);
     /// returns how many went.
     pub fn prune(&self, before_ms: u64, batch: usize) -> Result<usize, StoreError> {
-        let deleted = self.lock().execute(
+        let connection = self.lock();
+        connection.execute(
+            "DELETE FROM request_nonces WHERE expires_at_ms < ?1",
+            params![now_ms() as i64],
+        )?;
+        let deleted = connection.execute(
             "DELETE FROM jobs WHERE id IN (
                 SELECT id FROM jobs WHERE submitted_at_ms < ?1 AND expires_at_ms < ?1 LIMIT ?2)",
             params![before_ms as i64, batch as i64],
@@ -541,6 +560,30 @@ mod tests {
             let reply = reply(&job, stranger, Outcome::Interrupted);
             assert!(!store.insert_return(&reply, 1).unwrap(), "{stranger}");
         }
+    }
+
+    #[test]
+    fn request_nonces_are_remembered_across_reopening_until_they_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.sqlite");
+        let far = now_ms() + 60_000;
+        {
+            let store = JobStore::open(&path).unwrap();
+            assert!(store.remember_nonce([1; 16], far).unwrap());
+            assert!(store.remember_nonce([2; 16], 1).unwrap());
+            assert!(!store.remember_nonce([1; 16], far).unwrap());
+        }
+        let store = JobStore::open(&path).unwrap();
+        assert!(
+            !store.remember_nonce([1; 16], far).unwrap(),
+            "a restart forgets no nonce"
+        );
+        store.prune(0, 10).unwrap();
+        assert!(!store.remember_nonce([1; 16], far).unwrap());
+        assert!(
+            store.remember_nonce([2; 16], far).unwrap(),
+            "expired ones are pruned"
+        );
     }
 
     #[test]
