@@ -4,7 +4,8 @@
 //! Every request is checked before it is read: its envelope must be signed by an
 //! accepted operator key under the RPC domain, it must not have expired (nor claim a
 //! lifetime longer than a request can have), and its nonce must be new: nonces are
-//! remembered until their request expires, so a captured request cannot be replayed.
+//! remembered in the job store until their request expires, so a captured request
+//! cannot be replayed, not even after a master restart.
 //! The answer is signed by the master and goes to the caller's `reply_to` queue with
 //! its `correlation_id`.
 
