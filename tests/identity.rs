@@ -185,6 +185,16 @@ async fn commands_that_fail_verification_are_refused_and_never_run() {
     operator
         .send("web.03", &Operator::seal(&operator.master, &elsewhere))
         .await;
+    let elsewhere_recipients = dispatch_common::message::Command {
+        recipients: vec!["web.99".into()],
+        ..touch("not-a-recipient")
+    };
+    operator
+        .send(
+            "web.03",
+            &Operator::seal(&operator.master, &elsewhere_recipients),
+        )
+        .await;
     let good = touch("good");
     operator
         .send("web.03", &Operator::seal(&operator.master, &good))
@@ -207,6 +217,7 @@ async fn commands_that_fail_verification_are_refused_and_never_run() {
         (&expired, "expired"),
         (&future, "future"),
         (&elsewhere, "target"),
+        (&elsewhere_recipients, "recipients"),
     ] {
         let reason = refusals
             .get(&job.job_id)

@@ -492,6 +492,7 @@ pub fn command(target: Target, argv: &[&str]) -> JobCommand {
             cwd: None,
             timeout_ms: Some(10_000),
         },
+        recipients: Vec::new(),
     }
 }
 

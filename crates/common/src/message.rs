@@ -27,6 +27,19 @@ pub struct Command {
     /// No minion starts the job once its clock has passed this.
     pub expires_at_ms: u64,
     pub exec: Exec,
+    /// The minions this copy is for, as the master resolved the target: a copy that
+    /// reaches any other queue (injected there, or a minion accepted later) is refused.
+    /// Empty: every minion the target names.
+    #[serde(default)]
+    pub recipients: Vec<String>,
+}
+
+impl Command {
+    /// Whether minion `id` with `groups` is to run this copy.
+    pub fn is_for(&self, id: &str, groups: &[String]) -> bool {
+        self.target.matches(id, groups)
+            && (self.recipients.is_empty() || self.recipients.iter().any(|r| r == id))
+    }
 }
 
 /// What to run.

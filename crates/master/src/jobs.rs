@@ -195,6 +195,7 @@ impl Jobs {
             issued_at_ms: now,
             expires_at_ms: now + spec.ttl_ms,
             exec: spec.exec.clone(),
+            recipients: Vec::new(),
         };
         let job_id = command.job_id;
         let record = JobRecord {
@@ -222,8 +223,6 @@ impl Jobs {
         if !recorded {
             return Err("this request was already carried out (it was delivered twice)".into());
         }
-        let bytes = self.seal(&command);
-
         let (now_targets, queue): (Vec<String>, VecDeque<String>) = match spec.batch {
             None => (expected.clone(), VecDeque::new()),
             Some(batch) => {
@@ -233,6 +232,10 @@ impl Jobs {
                 (offline.iter().cloned().chain(first).collect(), queue)
             }
         };
+        let bytes = self.seal(&Command {
+            recipients: now_targets.clone(),
+            ..command.clone()
+        });
         let started = JobStarted {
             job_id,
             expected: expected.clone(),
@@ -460,6 +463,7 @@ impl Jobs {
                 let fresh = Command {
                     issued_at_ms: now,
                     expires_at_ms: now + job.ttl.as_millis() as u64,
+                    recipients: vec![m.clone()],
                     ..job.command.clone()
                 };
                 (m, fresh, job.ttl)

@@ -55,7 +55,7 @@ pub enum Refusal {
         job_id: Option<Uuid>,
         detail: String,
     },
-    #[error("not for this minion: target '{}' names neither it nor its groups", clip(.target, 60))]
+    #[error("not for this minion: target '{}' (with its resolved recipients) does not name it", clip(.target, 60))]
     NotForMe {
         job_id: Uuid,
         target: String,
@@ -215,7 +215,7 @@ pub fn check(
     seen: impl Fn(&Uuid) -> bool,
 ) -> Result<(), Refusal> {
     let job_id = command.job_id;
-    if !command.target.matches(checker.id, checker.groups) {
+    if !command.is_for(checker.id, checker.groups) {
         return Err(Refusal::NotForMe {
             job_id,
             target: command.target.to_string(),
@@ -264,6 +264,7 @@ mod tests {
                 cwd: None,
                 timeout_ms: None,
             },
+            recipients: Vec::new(),
         }
     }
 
@@ -404,6 +405,18 @@ mod tests {
         let refusal = run(&seal(&master, &cmd), &key, NOW).unwrap_err();
         assert!(matches!(refusal, Refusal::FutureDated { .. }));
         assert!(refusal.to_string().contains("future-dated"), "{refusal}");
+    }
+
+    #[test]
+    fn a_copy_whose_recipients_do_not_name_the_minion_is_refused() {
+        let master = KeyPair::generate();
+        let key = MasterKey::Pinned(master.public());
+        let mut copy = command(Target::pattern("web.*").unwrap());
+        copy.recipients = vec!["web.99".into()];
+        let refusal = run(&seal(&master, &copy), &key, NOW).unwrap_err();
+        assert!(matches!(refusal, Refusal::NotForMe { .. }), "{refusal}");
+        copy.recipients.push("web.01".into());
+        assert!(run(&seal(&master, &copy), &key, NOW).is_ok());
     }
 
     #[test]

@@ -174,6 +174,7 @@ impl Master {
                 cwd: None,
                 timeout_ms: Some(5_000),
             },
+            recipients: Vec::new(),
         }
     }
 
