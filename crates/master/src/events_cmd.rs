@@ -49,7 +49,7 @@
 use crate::cli::{EventsArgs, Output, exit};
 use crate::client::{MasterClient, Operator};
 use crate::render;
-use crate::run_cmd::{MinionRecord, Status, failure};
+use crate::returns::{MinionRecord, Status, failure};
 use dispatch_common::envelope::{Envelope, domain};
 use dispatch_common::keys::PublicKey;
 use dispatch_common::message::{Outcome, Presence, Reply, now_ms};

@@ -70,8 +70,8 @@ use crate::cli::{JobArgs, ViewOutput, exit};
 use crate::client::{MasterClient, Operator, RPC_TIMEOUT};
 use crate::history::MIN_ID_DIGITS;
 use crate::render;
-use crate::run_cmd::{ANSWER_SLACK, MinionRecord, outcome_text};
-use dispatch_common::message::Reply;
+use crate::returns::{MinionRecord, outcome_text};
+use crate::run_cmd::ANSWER_SLACK;
 use dispatch_common::rpc::{JobView, MinionReturn, MinionState, RequestBody, ResponseBody};
 use serde::Serialize;
 use std::io::Write;
@@ -240,15 +240,12 @@ pub struct JobMinion {
 
 impl JobMinion {
     pub fn of(job_id: Uuid, minion: &MinionReturn) -> Self {
-        let record = match &minion.outcome {
-            Some(outcome) => MinionRecord::of_reply(&Reply {
-                job_id,
-                minion: minion.minion.clone(),
-                outcome: outcome.clone(),
-            })
-            .with_status(minion.state),
-            None => MinionRecord::not_returned(&minion.minion, job_id, minion.state),
-        };
+        let record = MinionRecord::new(
+            &minion.minion,
+            job_id,
+            minion.state,
+            minion.outcome.as_ref(),
+        );
         Self {
             record,
             arrived_at_ms: minion.arrived_at_ms,

@@ -13,7 +13,8 @@
 //! - [`schedule`]: cron schedules and the pure firing decision; [`scheduler`]: the task
 //!   that fires them;
 //! - [`client`]: the CLI's side of the RPC API; [`key_cmd`]: `dispatch key …`;
-//!   [`run_cmd`]: `dispatch run` (plan, submit, render returns); [`minions_cmd`]:
+//!   [`run_cmd`]: `dispatch run` (plan, submit, wait, summary); [`returns`]: one
+//!   minion's return as JSON and text; [`minions_cmd`]:
 //!   `dispatch minions`; [`job_cmd`]: `dispatch job`; [`jobs_cmd`]: `dispatch jobs`;
 //!   [`events_cmd`]: `dispatch events`; [`schedule_cmd`]: `dispatch schedule …`;
 //!   [`render`]: tables and times for people;
@@ -36,6 +37,7 @@ pub mod presence;
 pub mod registry;
 pub mod render;
 pub mod results;
+pub mod returns;
 pub mod rpc;
 pub mod run_cmd;
 pub mod schedule;
