@@ -459,27 +459,17 @@ async fn rpc_requests_with_a_bad_signature_or_replayed_are_refused() {
     use dispatch_common::names::MASTER_RPC_QUEUE;
     use dispatch_common::rpc::{Request, RequestBody, Response, ResponseBody};
     use futures_lite::StreamExt;
-    use lapin::options::QueueDeclareOptions;
 
     let master = Master::start(&[]).await;
     let operator = master.operator().await;
     let operator_key = KeyPair::load(&master.data_dir().join("operator.key")).unwrap();
-    let queue = operator
-        .channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    let queue = dispatch_common::client::private_queue(&operator.channel, FieldTable::default())
         .await
         .unwrap();
     let mut answers = operator
         .channel
         .basic_consume(
-            queue.name().clone(),
+            queue.clone(),
             "".into(),
             BasicConsumeOptions {
                 no_ack: true,
@@ -491,7 +481,7 @@ async fn rpc_requests_with_a_bad_signature_or_replayed_are_refused() {
         .unwrap();
     let ask = |bytes: Vec<u8>| {
         let channel = operator.channel.clone();
-        let reply_to = queue.name().clone();
+        let reply_to = queue.clone();
         async move {
             channel
                 .basic_publish(

@@ -16,9 +16,7 @@ use dispatch_common::rpc::Role;
 use dispatch_common::sasl::SaslClient;
 use dispatch_common::target::Target;
 use futures_lite::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueBindOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use std::future::Future;
@@ -520,21 +518,12 @@ impl Operator {
 
     /// A consumer of every return the master verified and raised as an event.
     pub async fn returns(&self) -> Consumer {
-        let queue = self
-            .channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        let queue = dispatch_common::client::private_queue(&self.channel, FieldTable::default())
             .await
             .expect("declare an event queue");
         self.channel
             .queue_bind(
-                queue.name().clone(),
+                queue.clone(),
                 EVENTS_EXCHANGE.into(),
                 "job.*.*.#".into(), // returns only: `job.<jid>` alone is a new job
                 QueueBindOptions::default(),
@@ -544,7 +533,7 @@ impl Operator {
             .expect("bind to job events");
         self.channel
             .basic_consume(
-                queue.name().clone(),
+                queue.clone(),
                 "".into(),
                 BasicConsumeOptions {
                     no_ack: true,
