@@ -98,15 +98,24 @@ pub struct Daemon {
     name: String,
     child: Child,
     lines: Arc<Lines>,
+    /// The tasks reading stdout and stderr; they end when the pipes close.
+    collectors: Vec<tokio::task::JoinHandle<()>>,
 }
 
-fn collect(stream: impl AsyncRead + Unpin + Send + 'static, lines: Arc<Lines>) {
+/// How long the output of an exited process may take to be read to its end (a
+/// grandchild could hold a pipe open; its lines are then simply not waited for).
+const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
+
+fn collect(
+    stream: impl AsyncRead + Unpin + Send + 'static,
+    lines: Arc<Lines>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut reader = BufReader::new(stream).lines();
         while let Ok(Some(line)) = reader.next_line().await {
             lines.push(line);
         }
-    });
+    })
 }
 
 impl Daemon {
@@ -121,12 +130,15 @@ impl Daemon {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let lines = Arc::new(Lines::default());
-        collect(child.stdout.take().expect("piped stdout"), lines.clone());
-        collect(child.stderr.take().expect("piped stderr"), lines.clone());
+        let collectors = vec![
+            collect(child.stdout.take().expect("piped stdout"), lines.clone()),
+            collect(child.stderr.take().expect("piped stderr"), lines.clone()),
+        ];
         Daemon {
             name: name.to_owned(),
             child,
             lines,
+            collectors,
         }
     }
 
@@ -167,16 +179,22 @@ impl Daemon {
     }
 
     /// Waits for the process to exit by itself.
+    /// Its last lines are read before this returns, so [`printed`](Self::printed) sees
+    /// everything the process wrote.
     pub async fn exit_status(&mut self) -> ExitStatus {
         let status = tokio::time::timeout(STEP_TIMEOUT, self.child.wait()).await;
-        match status {
+        let status = match status {
             Ok(status) => status.expect("wait for the process"),
             Err(_) => panic!(
                 "{} did not exit within {STEP_TIMEOUT:?}; its output:\n{}",
                 self.name,
                 self.output()
             ),
+        };
+        for collector in self.collectors.drain(..) {
+            let _ = tokio::time::timeout(OUTPUT_DRAIN, collector).await;
         }
+        status
     }
 
     /// Sends SIGTERM and waits for the exit.
