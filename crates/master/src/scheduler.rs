@@ -103,8 +103,15 @@ impl Scheduler {
                 match &decision {
                     Decision::Wait { until } => wake = wake.min(*until),
                     Decision::Paused | Decision::Exhausted => {}
-                    Decision::Fire { splay_delay, .. } => {
+                    Decision::Fire {
+                        splay_delay,
+                        missed,
+                        ..
+                    } => {
                         acted = true;
+                        if *missed > 0 {
+                            tracing::info!(schedule = %name, "firing once for {missed} earlier fire times missed");
+                        }
                         self.settle(&name, &decision);
                         self.fire_later(name, *splay_delay);
                     }
@@ -168,7 +175,7 @@ impl Scheduler {
         let schedule = schedules.get_mut(name);
         match (started, schedule) {
             (Ok(started), Some(schedule)) => {
-                tracing::info!(schedule = %name, job = %started.job_id, outcome = ?schedule.last_outcome, "fired");
+                tracing::info!(schedule = %name, job = %started.job_id, "fired");
                 schedule.last_job = Some(started.job_id);
                 self.persist(schedule);
                 Ok(started)
