@@ -281,6 +281,68 @@ async fn durable_topology_survives_a_restart_and_transient_topology_does_not() {
     assert_eq!(bodies(&drain(&conn, &queue).await), ["to paris"]);
 }
 
+/// The broker answers a durable declare, bind or delete only once the change is on disk:
+/// a `kill -9` right after the answers loses none of them.
+#[tokio::test]
+async fn topology_changes_answered_before_a_kill_9_survive_it() {
+    let test = "topology_changes_answered_before_a_kill_9_survive_it";
+    let Some(mut broker) = TestBroker::start_process(test, &[]).await else {
+        return;
+    };
+    let conn = connect(&broker).await;
+    let ch = confirm_channel(&conn).await;
+    let exchange = unique("commands");
+    let queue = unique("minion");
+    let auto_deleted = unique("auto-deleted");
+    let emptied_by = unique("last-bound");
+    let deleted = unique("deleted");
+    declare_exchange_with(&ch, &exchange, ExchangeKind::Topic, true).await;
+    declare_durable_queue(&ch, &queue).await;
+    bind(&ch, &queue, &exchange, "minion.web.#").await;
+    // A durable auto-delete exchange goes when its last queue does, and stays gone.
+    timeout(ch.exchange_declare(
+        auto_deleted.as_str().into(),
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions {
+            durable: true,
+            auto_delete: true,
+            ..ExchangeDeclareOptions::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .expect("declare the auto-delete exchange");
+    declare_durable_queue(&ch, &emptied_by).await;
+    bind(&ch, &emptied_by, &auto_deleted, "").await;
+    timeout(ch.queue_delete(emptied_by.as_str().into(), QueueDeleteOptions::default()))
+        .await
+        .expect("queue.delete");
+    declare_durable_queue(&ch, &deleted).await;
+    timeout(ch.queue_delete(deleted.as_str().into(), QueueDeleteOptions::default()))
+        .await
+        .expect("queue.delete");
+
+    broker.kill().await;
+    let conn = restart(&mut broker).await;
+
+    exchange_exists(&conn, &exchange)
+        .await
+        .expect("the durable exchange survives the kill");
+    queue_exists(&conn, &queue)
+        .await
+        .expect("the durable queue survives the kill");
+    assert_amqp_error(exchange_exists(&conn, &auto_deleted).await, 404);
+    assert_amqp_error(queue_exists(&conn, &emptied_by).await, 404);
+    assert_amqp_error(queue_exists(&conn, &deleted).await, 404);
+    let ch = confirm_channel(&conn).await;
+    let routed = publish_mandatory(&ch, &exchange, "minion.web.01", b"uptime").await;
+    assert!(
+        routed.take_message().is_none(),
+        "minion.web.01 was returned: the binding did not survive the kill"
+    );
+    assert_eq!(bodies(&drain(&conn, &queue).await), ["uptime"]);
+}
+
 #[tokio::test]
 async fn persistent_messages_on_durable_queues_survive_sigterm() {
     let test = "persistent_messages_on_durable_queues_survive_sigterm";

@@ -13,6 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Broker {
     pub config: BrokerConfig,
     pub vhost: Vhost,
+    /// The disk store the vhost writes to, if any; connections wait on its topology
+    /// syncs without taking the vhost lock.
+    pub(crate) store: Option<Arc<Store>>,
     /// Open connections by user, for [`Broker::close_connections_of`].
     pub(crate) sessions: Sessions,
     next_connection: AtomicU64,
@@ -30,6 +33,7 @@ impl Broker {
             None => None,
         };
         Ok(Self {
+            store: store.as_ref().map(|(store, _)| store.clone()),
             config,
             vhost: Vhost::new(store),
             sessions: Sessions::default(),

@@ -1,74 +1,67 @@
-//! How the vhost uses the store: the durable topology snapshot, recovery at start-up,
-//! and recording that a stored message left a durable queue.
+//! How the vhost uses the store: recording changes to the durable topology, recovery at
+//! start-up, and recording that a stored message left a durable queue.
 
 use crate::arguments::QueueArgs;
 use crate::exchange::{Binding, Exchange, ExchangeKind};
 use crate::expiry::{NEVER, message_deadline};
 use crate::queue::Queue;
 use crate::store::Recovered;
-use crate::store::metadata::{self, BindingDef, ExchangeDef, QueueDef, Topology};
+use crate::store::topology::{BindingDef, Change, ExchangeDef, QueueDef};
 use crate::vhost::{State, arm_head_expiry, touch};
 use std::sync::Arc;
 
-/// Exchanges every broker declares itself; they are never written to the snapshot.
+/// Exchanges every broker declares itself; they are never written to the store.
 fn predeclared(name: &str) -> bool {
     name.is_empty() || name.starts_with("amq.")
 }
 
+/// How the store records a durable exchange.
+pub(crate) fn exchange_def(e: &Exchange) -> ExchangeDef {
+    ExchangeDef {
+        name: e.name.to_string(),
+        kind: e.kind.as_str().to_owned(),
+        auto_delete: e.auto_delete,
+        internal: e.internal,
+        arguments: e.arguments.clone(),
+    }
+}
+
+/// How the store records a persisted queue.
+pub(crate) fn queue_def(q: &Queue) -> QueueDef {
+    QueueDef {
+        name: q.name.to_string(),
+        id: q.id,
+        auto_delete: q.auto_delete,
+        arguments: q.arguments.clone(),
+    }
+}
+
+/// How the store records a binding of durable exchange `exchange`.
+pub(crate) fn binding_def(exchange: &str, b: &Binding) -> BindingDef {
+    BindingDef {
+        exchange: exchange.to_owned(),
+        queue: b.queue.to_string(),
+        routing_key: b.routing_key.to_string(),
+        arguments: b.arguments.clone(),
+    }
+}
+
 impl State {
-    /// Writes the durable topology after a durable exchange, queue or binding changed.
-    /// A failure is logged; the change stands in memory.
-    pub(crate) fn topology_changed(&self) {
-        let Some(store) = &self.store else { return };
-        if let Err(e) = metadata::save(store.dir(), &self.topology()) {
-            tracing::error!(
-                "saving the durable topology failed: {e}; it will be lost on restart unless a later change saves it"
-            );
+    /// Records a change to the durable topology; without a store, nothing is kept.
+    /// The store writes it with the next batch (see [`crate::store`]).
+    pub(crate) fn record_topology(&self, change: Change) {
+        if let Some(store) = &self.store {
+            store.change_topology(change);
         }
     }
 
-    fn topology(&self) -> Topology {
-        let exchanges = self
-            .exchanges
-            .values()
+    /// Records that the durable exchanges among `removed` are gone.
+    pub(crate) fn record_exchanges_deleted(&self, removed: &[Exchange]) {
+        for ex in removed
+            .iter()
             .filter(|e| e.durable && !predeclared(&e.name))
-            .map(|e| ExchangeDef {
-                name: e.name.to_string(),
-                kind: e.kind.as_str().to_owned(),
-                auto_delete: e.auto_delete,
-                internal: e.internal,
-                arguments: e.arguments.clone(),
-            })
-            .collect();
-        let queues = self
-            .queues
-            .values()
-            .filter(|q| q.is_persisted())
-            .map(|q| QueueDef {
-                name: q.name.to_string(),
-                id: q.id,
-                auto_delete: q.auto_delete,
-                arguments: q.arguments.clone(),
-            })
-            .collect();
-        let bindings = self
-            .exchanges
-            .values()
-            .filter(|e| e.durable)
-            .flat_map(|e| e.bindings().iter().map(move |b| (e, b)))
-            .filter(|(_, b)| self.queues.get(&b.queue).is_some_and(Queue::is_persisted))
-            .map(|(e, b)| BindingDef {
-                exchange: e.name.to_string(),
-                queue: b.queue.to_string(),
-                routing_key: b.routing_key.to_string(),
-                arguments: b.arguments.clone(),
-            })
-            .collect();
-        Topology {
-            exchanges,
-            queues,
-            bindings,
-            next_queue_id: self.next_queue_id,
+        {
+            self.record_topology(Change::ExchangeDeleted(ex.name.to_string()));
         }
     }
 
@@ -77,7 +70,7 @@ impl State {
         let Recovered {
             topology, messages, ..
         } = recovered;
-        for e in topology.exchanges {
+        for e in topology.exchanges().cloned() {
             let Some(kind) = ExchangeKind::parse(&e.kind) else {
                 tracing::warn!(
                     "metadata names exchange '{}' of unknown type '{}'; skipped",
@@ -90,7 +83,7 @@ impl State {
             self.exchanges.insert(ex.name.clone(), ex);
         }
         let mut by_id = std::collections::HashMap::new();
-        for q in topology.queues {
+        for q in topology.queues().cloned() {
             let name: Arc<str> = q.name.as_str().into();
             by_id.insert(q.id, name.clone());
             self.next_queue_id = self.next_queue_id.max(q.id);
@@ -112,8 +105,9 @@ impl State {
             );
             self.queues.insert(name, queue);
         }
-        self.next_queue_id = self.next_queue_id.max(topology.next_queue_id);
-        for b in topology.bindings {
+        // The vhost's counter is the last id given out: the next one is unused.
+        self.next_queue_id = self.next_queue_id.max(topology.next_queue_id());
+        for b in topology.bindings().cloned() {
             if let Some(ex) = self.exchanges.get_mut(b.exchange.as_str()) {
                 ex.bind(Binding {
                     queue: b.queue.as_str().into(),

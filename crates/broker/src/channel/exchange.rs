@@ -36,9 +36,9 @@ impl Connection {
                 };
                 self.broker.vhost.lock().declare_exchange(spec)?;
                 if !m.nowait {
-                    self.send(
+                    self.reply_when_durable(
                         ch,
-                        &AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
+                        AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
                             exchange::DeclareOk {},
                         )),
                     );
@@ -52,9 +52,9 @@ impl Connection {
                     .lock()
                     .delete_exchange(m.exchange.as_str(), m.if_unused)?;
                 if !m.nowait {
-                    self.send(
+                    self.reply_when_durable(
                         ch,
-                        &AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
+                        AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
                     );
                 }
                 Ok(())

@@ -35,9 +35,9 @@ impl Connection {
                 };
                 self.state(ch).last_queue = Some(name.clone());
                 if !m.nowait {
-                    self.send(
+                    self.reply_when_durable(
                         ch,
-                        &AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                        AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
                             queue: name.as_ref().into(),
                             message_count: messages,
                             consumer_count: consumers,
@@ -57,9 +57,9 @@ impl Connection {
                     m.arguments,
                 )?;
                 if !m.nowait {
-                    self.send(
+                    self.reply_when_durable(
                         ch,
-                        &AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+                        AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
                     );
                 }
                 Ok(())
@@ -74,9 +74,9 @@ impl Connection {
                     m.routing_key.as_str(),
                     m.arguments,
                 )?;
-                self.send(
+                self.reply_when_durable(
                     ch,
-                    &AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
+                    AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
                 );
                 Ok(())
             }
@@ -103,9 +103,9 @@ impl Connection {
                         .lock()
                         .delete_queue(conn, &name, m.if_unused, m.if_empty)?;
                 if !m.nowait {
-                    self.send(
+                    self.reply_when_durable(
                         ch,
-                        &AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
+                        AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
                             message_count,
                         })),
                     );

@@ -44,6 +44,9 @@ pub(crate) enum Flow {
     Continue,
     /// A publish is next while the memory alarm is on: read nothing more until it clears.
     Blocked,
+    /// A reply waits for a durable topology change to reach the disk: handle nothing more
+    /// until it is sent.
+    Held,
     /// The connection is finished (close handshake done, or the peer must be dropped).
     Done,
 }
@@ -57,6 +60,8 @@ pub struct Connection {
     pub(crate) channels: HashMap<u16, ChannelState>,
     /// `connection.close` was sent; only `close-ok` (or a crossing `close`) matters now.
     closing: bool,
+    /// A reply held until topology change number `.0` is on disk (channel, method).
+    held: Option<(u64, u16, AMQPClass)>,
 }
 
 /// Serves one accepted socket until it closes or `shutdown` fires. Never panics on
@@ -104,6 +109,7 @@ pub async fn serve(
         tuning,
         channels: HashMap::new(),
         closing: false,
+        held: None,
     };
     let released = Released {
         broker: broker.clone(),
@@ -160,6 +166,10 @@ impl Connection {
                 Flow::Done => return,
                 Flow::Blocked => {
                     self.wait_out_memory_alarm(stop).await;
+                    continue;
+                }
+                Flow::Held => {
+                    self.send_held_reply(stop).await;
                     continue;
                 }
                 Flow::Continue => {}
@@ -231,6 +241,36 @@ impl Connection {
         }
     }
 
+    /// Sends the held reply once its topology change is on disk (a shutdown or
+    /// revocation closes the connection instead).
+    async fn send_held_reply(&mut self, stop: &Stop) {
+        let Some((seq, channel, reply)) = self.held.take() else {
+            return;
+        };
+        let Some(store) = self.broker.store.clone() else {
+            return self.send(channel, &reply);
+        };
+        tokio::select! {
+            () = stop.cancelled() => self.forced_close(stop),
+            () = store.topology_synced(seq) => self.send(channel, &reply),
+        }
+    }
+
+    /// Sends the reply to a queue or exchange method, or holds it (and everything the
+    /// client sent after it) while a durable topology change is on its way to disk: a
+    /// client told that its durable queue exists can rely on it after a crash.
+    pub(crate) fn reply_when_durable(&mut self, channel: u16, reply: AMQPClass) {
+        match self
+            .broker
+            .store
+            .as_ref()
+            .and_then(|s| s.topology_unsynced())
+        {
+            Some(seq) => self.held = Some((seq, channel, reply)),
+            None => self.send(channel, &reply),
+        }
+    }
+
     /// Handles every complete frame in the read buffer, as one outbox batch.
     fn handle_buffered_frames(&mut self, rbuf: &mut BytesMut) -> Flow {
         loop {
@@ -241,6 +281,9 @@ impl Connection {
                 Ok(Some(frame)) => {
                     if self.on_frame(frame) == Flow::Done {
                         return Flow::Done;
+                    }
+                    if self.held.is_some() {
+                        return Flow::Held;
                     }
                 }
                 Ok(None) => return Flow::Continue,

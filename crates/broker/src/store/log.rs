@@ -1,6 +1,7 @@
 //! The log thread: group commit, segment rotation and reclamation (see [`super`]).
 
 use super::inbox::Inbox;
+use super::metadata::MetadataLog;
 use super::record::{put_enqueue, put_marker};
 use super::recovery::Recovered;
 use super::{Op, SEGMENT_SIZE, pack_location, segment_path};
@@ -11,6 +12,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
+use tokio::sync::watch;
 
 /// One segment file and its live references.
 #[derive(Debug, Clone)]
@@ -35,11 +37,18 @@ pub struct Log {
     last_commit_shared: bool,
     /// Messages in `buf` and where their records go; told once written.
     placed: Vec<(Arc<Message>, u64)>,
+    metadata: MetadataLog,
+    /// The last topology change appended to `metadata`.
+    topology_seq: u64,
 }
 
 impl Log {
     /// Opens a fresh segment after the recovered ones.
-    pub fn start(dir: PathBuf, recovered: &Recovered) -> std::io::Result<Log> {
+    pub fn start(
+        dir: PathBuf,
+        recovered: &Recovered,
+        metadata: MetadataLog,
+    ) -> std::io::Result<Log> {
         let segments: VecDeque<Segment> = recovered.segments.iter().cloned().collect();
         let number = segments.back().map_or(1, |s| s.number + 1);
         let file = create_segment(&dir, number)?;
@@ -52,6 +61,8 @@ impl Log {
             waiting: Vec::new(),
             placed: Vec::new(),
             last_commit_shared: false,
+            metadata,
+            topology_seq: 0,
         };
         log.segments.push_back(Segment {
             number,
@@ -62,8 +73,9 @@ impl Log {
         Ok(log)
     }
 
-    /// Runs until [`Op::Stop`] or until every sender is gone.
-    pub fn run(mut self, inbox: Arc<Inbox>) {
+    /// Runs until [`Op::Stop`]; tells `topology_synced` how many topology changes are on
+    /// disk.
+    pub fn run(mut self, inbox: Arc<Inbox>, topology_synced: watch::Sender<u64>) {
         let mut stop = false;
         let mut batch = Vec::new();
         while !stop {
@@ -95,21 +107,40 @@ impl Log {
                             self.release(msg);
                         }
                     }
+                    Op::Topology { change, seq } => {
+                        self.metadata.append(change);
+                        self.topology_seq = seq;
+                    }
                     Op::Stop => stop = true,
                 }
                 // Bound the batch in bytes too: offsets stay small and memory bounded.
                 if self.buf.len() as u64 >= SEGMENT_SIZE {
-                    self.commit();
+                    self.commit(&topology_synced);
                 }
             }
-            self.commit();
+            self.commit(&topology_synced);
         }
-        self.commit();
+        self.commit(&topology_synced);
         let _ = self.file.sync_data();
     }
 
+    /// Writes and syncs the topology changes of the batch, before any message that may
+    /// name their queues is confirmed.
+    fn commit_metadata(&mut self, topology_synced: &watch::Sender<u64>) {
+        if let Err(e) = self.metadata.commit() {
+            tracing::error!(
+                dir = %self.dir.display(),
+                "writing the durable topology failed: {e}; the changes stand in memory, and the next change rewrites the file whole"
+            );
+        }
+        if *topology_synced.borrow() < self.topology_seq {
+            topology_synced.send_replace(self.topology_seq);
+        }
+    }
+
     /// Writes the batch, syncs if a confirm waits on it, completes the confirms.
-    fn commit(&mut self) {
+    fn commit(&mut self, topology_synced: &watch::Sender<u64>) {
+        self.commit_metadata(topology_synced);
         if self.buf.is_empty() && self.waiting.is_empty() {
             return;
         }

@@ -7,10 +7,12 @@
 //! DATA_DIR/messages/00000000000000000001.seg  the message log, one segment file after another
 //! ```
 //!
-//! **Metadata** is a snapshot of the durable topology ([`metadata`]), rewritten whole on
-//! every durable declare, delete, bind or unbind: written to `metadata.tmp`, fsynced,
-//! renamed over `metadata`, and the directory fsynced. A reader sees the old snapshot or
-//! the new one, never a mix. Topology changes are rare, so this is simpler than a log.
+//! **Metadata** is a log of changes to the durable topology ([`metadata`]): each durable
+//! declare, delete, bind or unbind appends one record, written and `fdatasync`ed by the
+//! log thread below, which compacts the file into a snapshot when it has doubled. The
+//! client's `declare-ok` (`bind-ok`, …) waits for that sync: the connection holds the reply
+//! and reads nothing more until [`Store::topology_synced`] says so, so a durable queue the
+//! client has heard of survives a `kill -9`, and declares from many clients share a sync.
 //!
 //! **Messages** go to one shared, append-only log ([`record`] gives the format): an
 //! *enqueue* record holds a persistent message once (content header and body as they
@@ -21,11 +23,12 @@
 //!
 //! # Where fsync happens: group commit
 //!
-//! One thread (`log.rs`) owns the log. Connections hand it operations through its
+//! One thread (`log.rs`) owns the message log and the metadata log. Connections hand it operations through its
 //! inbox (`inbox.rs`) while holding the vhost lock, so operations arrive in the order they took
 //! effect. The thread takes everything queued, writes it with one `write`, and — if any
 //! operation waits for a publisher confirm — calls `fdatasync` once before sending those
-//! confirms. While it syncs, more operations queue up and form the next batch; under
+//! confirms. Metadata records of the batch are synced first, so a confirmed message never
+//! names a queue that a crash could forget. While it syncs, more operations queue up and form the next batch; under
 //! load an enqueue also waits up to a millisecond for others to share its flush, so many
 //! publishers share each `fdatasync`. Deliver and remove records wake nobody: they go out
 //! with the next batch, at most 10 ms later. A `kill -9` inside that window can bring an
@@ -62,6 +65,7 @@ mod log;
 pub mod metadata;
 pub mod record;
 pub mod recovery;
+pub mod topology;
 
 use crate::confirm::Confirm;
 use crate::message::Message;
@@ -69,6 +73,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use tokio::sync::watch;
+use topology::Change;
 
 pub use log::wall_clock_ms;
 pub use recovery::Recovered;
@@ -110,6 +116,11 @@ pub(crate) enum Op {
         queue: u64,
         msg: u64,
     },
+    /// Change number `seq` to the durable topology.
+    Topology {
+        change: Change,
+        seq: u64,
+    },
     Stop,
 }
 
@@ -122,6 +133,10 @@ pub struct Store {
     next_msg: AtomicU64,
     /// The segment paged-out messages were last read from.
     reader: Mutex<Option<(u64, Arc<std::fs::File>)>>,
+    /// Topology changes handed to the log thread, counted.
+    topology_queued: AtomicU64,
+    /// How many of them are on disk (the log thread counts).
+    topology_synced: watch::Sender<u64>,
 }
 
 impl Store {
@@ -131,16 +146,21 @@ impl Store {
         let recovered = recovery::recover(dir)?;
         let ops = Arc::new(inbox::Inbox::default());
         let receiver = ops.clone();
-        let writer = log::Log::start(dir.join(MESSAGES_DIR), &recovered)?;
+        let metadata = metadata::MetadataLog::open(dir, recovered.topology.clone())?;
+        let writer = log::Log::start(dir.join(MESSAGES_DIR), &recovered, metadata)?;
+        let topology_synced = watch::Sender::new(0);
+        let synced = topology_synced.clone();
         let thread = std::thread::Builder::new()
             .name("dispatch-store".into())
-            .spawn(move || writer.run(receiver))?;
+            .spawn(move || writer.run(receiver, synced))?;
         let store = Store {
             dir: dir.to_owned(),
             ops,
             thread: Mutex::new(Some(thread)),
             next_msg: AtomicU64::new(recovered.next_msg),
             reader: Mutex::new(None),
+            topology_queued: AtomicU64::new(0),
+            topology_synced,
         };
         Ok((store, recovered))
     }
@@ -228,6 +248,27 @@ impl Store {
             queue,
             msg,
         });
+    }
+
+    /// Records a change to the durable topology. Call under the vhost lock, so changes
+    /// are written in the order they took effect.
+    pub fn change_topology(&self, change: Change) {
+        let seq = self.topology_queued.fetch_add(1, Ordering::Relaxed) + 1;
+        self.send(Op::Topology { change, seq });
+    }
+
+    /// The number of the last topology change if it is not yet on disk: a reply that
+    /// reports it must wait for [`Store::topology_synced`].
+    pub fn topology_unsynced(&self) -> Option<u64> {
+        let queued = self.topology_queued.load(Ordering::Relaxed);
+        (*self.topology_synced.borrow() < queued).then_some(queued)
+    }
+
+    /// Resolves once topology change `seq` (and every one before it) is on disk, or
+    /// its write failed (logged; the change stands in memory).
+    pub async fn topology_synced(&self, seq: u64) {
+        let mut synced = self.topology_synced.subscribe();
+        let _ = synced.wait_for(|done| *done >= seq).await;
     }
 
     fn send(&self, op: Op) {

@@ -1,8 +1,9 @@
 //! Reading the store back at start-up (see [`super`] for the rules).
 
 use super::log::Segment;
-use super::metadata::{self, Topology};
+use super::metadata;
 use super::record::{ReadError, Record, read_record};
+use super::topology::Topology;
 use super::{MESSAGES_DIR, SEGMENT_EXT};
 use crate::codec::content::parse_content_header;
 use std::collections::{BTreeMap, HashSet};
@@ -47,7 +48,7 @@ pub fn recover(dir: &Path) -> std::io::Result<Recovered> {
     let had_metadata = dir.join(super::METADATA_FILE).exists();
     let topology = metadata::load(dir);
     let mut enqueued = 0u64;
-    let known: HashSet<u64> = topology.queues.iter().map(|q| q.id).collect();
+    let known: HashSet<u64> = topology.queues().map(|q| q.id).collect();
     let messages_dir = dir.join(MESSAGES_DIR);
     let mut numbers: Vec<u64> = std::fs::read_dir(&messages_dir)?
         .filter_map(|entry| {

@@ -1,6 +1,8 @@
 //! Exchanges, queues and bindings: declare, delete, bind, unbind, purge.
 
 use super::*;
+use crate::persistence::{binding_def, exchange_def, queue_def};
+use crate::store::topology::Change;
 
 impl State {
     // ---- exchanges ----
@@ -59,11 +61,10 @@ impl State {
             spec.internal,
             spec.arguments,
         );
-        let durable = ex.durable;
-        self.exchanges.insert(ex.name.clone(), ex);
-        if durable {
-            self.topology_changed();
+        if ex.durable {
+            self.record_topology(Change::Exchange(exchange_def(&ex)));
         }
+        self.exchanges.insert(ex.name.clone(), ex);
         Ok(())
     }
 
@@ -81,8 +82,8 @@ impl State {
                 "exchange '{name}' in vhost '/' in use"
             )));
         }
-        if self.exchanges.remove(name).is_some_and(|ex| ex.durable) {
-            self.topology_changed();
+        if let Some(ex) = self.exchanges.remove(name) {
+            self.record_exchanges_deleted(&[ex]);
         }
         Ok(())
     }
@@ -174,11 +175,10 @@ impl State {
             args,
         );
         touch(&mut queue, &mut self.timers);
-        let durable = queue.is_persisted();
-        self.queues.insert(name.clone(), queue);
-        if durable {
-            self.topology_changed();
+        if queue.is_persisted() {
+            self.record_topology(Change::Queue(queue_def(&queue)));
         }
+        self.queues.insert(name.clone(), queue);
         Ok((name, 0, 0))
     }
 
@@ -230,9 +230,10 @@ impl State {
         let Some(ex) = self.exchanges.get_mut(exchange) else {
             return Err(no_exchange(exchange));
         };
+        let recorded = (persisted && ex.durable).then(|| binding_def(exchange, &binding));
         ex.bind(binding);
-        if persisted && ex.durable {
-            self.topology_changed();
+        if let Some(def) = recorded {
+            self.record_topology(Change::Bound(def));
         }
         Ok(())
     }
@@ -249,14 +250,13 @@ impl State {
         let Some(ex) = self.exchanges.get_mut(exchange) else {
             return Err(no_exchange(exchange));
         };
-        let durable = ex.durable;
         let removed = ex.unbind(&binding);
-        if removed && ex.auto_delete && !ex.has_bindings() {
-            let name = ex.name.clone();
-            self.exchanges.remove(&name);
+        let emptied = removed && ex.auto_delete && !ex.has_bindings();
+        if removed && persisted && ex.durable {
+            self.record_topology(Change::Unbound(binding_def(exchange, &binding)));
         }
-        if removed && persisted && durable {
-            self.topology_changed();
+        if emptied && let Some(ex) = self.exchanges.remove(exchange) {
+            self.record_exchanges_deleted(&[ex]);
         }
         Ok(())
     }
@@ -322,14 +322,16 @@ impl State {
                 emptied.push(ex.name.clone());
             }
         }
-        for ex in emptied {
-            self.exchanges.remove(&ex);
-        }
         let (count, stored) = q.clear();
         self.forget_stored_ids(q.id, q.is_persisted(), stored);
         if q.is_persisted() {
-            self.topology_changed();
+            self.record_topology(Change::QueueDeleted(name.to_owned()));
         }
+        let emptied: Vec<Exchange> = emptied
+            .iter()
+            .filter_map(|ex| self.exchanges.remove(ex))
+            .collect();
+        self.record_exchanges_deleted(&emptied);
         count
     }
 }
