@@ -819,6 +819,92 @@ async fn disk_use_falls_back_after_the_queues_drain() {
     .await;
 }
 
+/// A message that stays queued while much more traffic passes does not pin the message
+/// log: once its segment is sparse, its live messages are copied forward and the segment
+/// goes, so disk use falls back. After a `kill -9` they come back exactly once, marked
+/// redelivered if a consumer had them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_lived_messages_do_not_pin_the_message_log() {
+    const BODY: usize = 64 * 1024;
+    /// Publishes awaited together.
+    const WINDOW: u32 = 128;
+    // Three segments of traffic behind the long-lived messages.
+    let messages = (3 * SEGMENT_SIZE / BODY as u64) as u32;
+    let test = "long_lived_messages_do_not_pin_the_message_log";
+    let Some(mut broker) = TestBroker::start_process(test, &[]).await else {
+        return;
+    };
+    let data_dir = broker.data_dir();
+    let conn = connect(&broker).await;
+    let ch = confirm_channel(&conn).await;
+    let (away, busy) = (unique("minion-away"), unique("busy"));
+    declare_durable_queue(&ch, &away).await;
+    declare_durable_queue(&ch, &busy).await;
+    publish_with(&ch, "", &away, b"delivered, not acked", persistent()).await;
+    publish_with(&ch, "", &away, b"waiting", persistent()).await;
+    let holder = channel(&conn).await;
+    timeout(holder.basic_qos(1, BasicQosOptions::default()))
+        .await
+        .expect("basic.qos");
+    let mut held = consume(&holder, &away, BasicConsumeOptions::default()).await;
+    assert_eq!(
+        body(&next_delivery(&mut held).await),
+        "delivered, not acked"
+    );
+
+    let consumer_ch = channel(&conn).await;
+    timeout(consumer_ch.basic_qos(100, BasicQosOptions::default()))
+        .await
+        .expect("basic.qos");
+    let mut consumer = consume(&consumer_ch, &busy, BasicConsumeOptions::default()).await;
+    let traffic = vec![b't'; BODY];
+    for sent in (0..messages).step_by(WINDOW as usize) {
+        let window = WINDOW.min(messages - sent);
+        for _ in 0..window {
+            let confirm = timeout(ch.basic_publish(
+                "".into(),
+                busy.as_str().into(),
+                BasicPublishOptions::default(),
+                &traffic,
+                persistent(),
+            ))
+            .await
+            .expect("basic.publish");
+            drop(confirm); // awaited together below
+        }
+        assert!(
+            timeout(ch.wait_for_confirms())
+                .await
+                .expect("confirms")
+                .is_empty()
+        );
+        for _ in 0..window {
+            let delivery = next_delivery(&mut consumer).await;
+            timeout(consumer_ch.basic_ack(delivery.delivery_tag, BasicAckOptions::default()))
+                .await
+                .expect("basic.ack");
+        }
+    }
+
+    eventually(
+        "the message log falls back below one segment, the long-lived messages copied forward",
+        || std::future::ready(message_log_size(&data_dir) < SEGMENT_SIZE),
+    )
+    .await;
+    assert_no_delivery(&mut held).await;
+
+    broker.kill().await;
+    let conn = restart(&mut broker).await;
+    let back = drain(&conn, &away).await;
+    assert_eq!(bodies(&back), ["delivered, not acked", "waiting"]);
+    assert_eq!(
+        back.iter().map(|d| d.redelivered).collect::<Vec<_>>(),
+        [true, false],
+        "only the message a consumer had comes back redelivered"
+    );
+    assert_eq!(queue_exists(&conn, &busy).await.expect("busy survives"), 0);
+}
+
 #[tokio::test]
 async fn a_dead_lettered_persistent_message_survives_a_restart_in_its_dead_letter_queue() {
     let test = "a_dead_lettered_persistent_message_survives_a_restart_in_its_dead_letter_queue";

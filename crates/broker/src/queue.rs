@@ -288,6 +288,22 @@ impl Queue {
         }
     }
 
+    /// Each waiting message the store has written: its id, where its record was written
+    /// and whether it was delivered before.
+    pub fn stored_entries(&self) -> impl Iterator<Item = (u64, u64, bool)> + '_ {
+        let memory = |q: &Queued| Some((q.msg.stored()?, q.msg.location()?, q.redelivered));
+        let spilled = self.spill.iter().filter_map(move |entry| match entry {
+            Spilled::Memory(q) => memory(q),
+            Spilled::Paged {
+                id,
+                location,
+                redelivered,
+                ..
+            } => Some((*id, *location, *redelivered)),
+        });
+        self.ready.iter().filter_map(memory).chain(spilled)
+    }
+
     /// Removes every waiting message; returns how many there were and the store ids of
     /// those that were stored.
     pub fn clear(&mut self) -> (u32, Vec<u64>) {

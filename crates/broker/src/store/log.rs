@@ -1,13 +1,15 @@
-//! The log thread: group commit, segment rotation and reclamation (see [`super`]).
+//! The log thread: group commit, segment rotation, reclamation and the copying side of
+//! compaction (see [`super`] and [`super::compaction`]).
 
+use super::compaction::{Compaction, SPARSE_SHARE};
 use super::inbox::Inbox;
 use super::metadata::MetadataLog;
-use super::record::{put_enqueue, put_marker};
+use super::record::{Record, put_enqueue, put_marker};
 use super::recovery::Recovered;
-use super::{Op, SEGMENT_SIZE, pack_location, segment_path};
+use super::{Op, SEGMENT_SIZE, pack_location, read_record_at, segment_path, unpack_location};
 use crate::confirm::Confirm;
 use crate::message::Message;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
@@ -22,6 +24,28 @@ pub struct Segment {
     pub first_msg: Option<u64>,
     /// (message, queue) references not yet removed.
     pub live: u64,
+    /// (message, queue) references ever written to it.
+    pub refs: u64,
+}
+
+impl Segment {
+    pub(crate) fn new(number: u64) -> Segment {
+        Segment {
+            number,
+            first_msg: None,
+            live: 0,
+            refs: 0,
+        }
+    }
+}
+
+/// A copy written in the current batch, undone if the batch fails.
+struct Relocation {
+    id: u64,
+    /// Where the message's references were counted before.
+    from: u64,
+    /// Its new location.
+    to: u64,
 }
 
 /// The state of the log, owned by its thread.
@@ -40,6 +64,18 @@ pub struct Log {
     metadata: MetadataLog,
     /// The last topology change appended to `metadata`.
     topology_seq: u64,
+    compaction: Arc<Compaction>,
+    /// Messages whose record was copied forward: the segment now holding it and the
+    /// references left. Others are held by the segment their id falls in.
+    relocated: HashMap<u64, (u64, u64)>,
+    /// Copies in `buf`.
+    relocations: Vec<Relocation>,
+    /// The segment last asked to be compacted, and whether its relocation is done.
+    asked: u64,
+    /// The segment whose relocation ended in this batch, to check once committed.
+    emptied: Option<u64>,
+    /// The open segment relocations read from.
+    reading: Option<(u64, File)>,
 }
 
 impl Log {
@@ -48,6 +84,7 @@ impl Log {
         dir: PathBuf,
         recovered: &Recovered,
         metadata: MetadataLog,
+        compaction: Arc<Compaction>,
     ) -> std::io::Result<Log> {
         let segments: VecDeque<Segment> = recovered.segments.iter().cloned().collect();
         let number = segments.back().map_or(1, |s| s.number + 1);
@@ -63,12 +100,14 @@ impl Log {
             last_commit_shared: false,
             metadata,
             topology_seq: 0,
+            compaction,
+            relocated: recovered.relocated.clone(),
+            relocations: Vec::new(),
+            asked: 0,
+            emptied: None,
+            reading: None,
         };
-        log.segments.push_back(Segment {
-            number,
-            first_msg: None,
-            live: 0,
-        });
+        log.segments.push_back(Segment::new(number));
         log.reclaim();
         Ok(log)
     }
@@ -94,6 +133,7 @@ impl Log {
                             .push((msg.clone(), pack_location(current.number, offset)));
                         current.first_msg.get_or_insert(id);
                         current.live += queues.len() as u64;
+                        current.refs += queues.len() as u64;
                         put_enqueue(&mut self.buf, id, wall_clock_ms(), &queues, &msg);
                         self.waiting.extend(confirm);
                     }
@@ -107,6 +147,12 @@ impl Log {
                             self.release(msg);
                         }
                     }
+                    Op::Relocate {
+                        id,
+                        location,
+                        queues,
+                    } => self.relocate(id, location, &queues),
+                    Op::Relocated { segment } => self.emptied = Some(segment),
                     Op::Topology { change, seq } => {
                         self.metadata.append(change);
                         self.topology_seq = seq;
@@ -144,14 +190,12 @@ impl Log {
         if self.buf.is_empty() && self.waiting.is_empty() {
             return;
         }
+        // Copies must be on disk before their old segment may go.
+        let sync = !self.waiting.is_empty() || !self.relocations.is_empty();
         let result = match self.file.write_all(&self.buf) {
             Ok(()) => {
                 self.written += self.buf.len() as u64;
-                if self.waiting.is_empty() {
-                    Ok(())
-                } else {
-                    self.file.sync_data()
-                }
+                if sync { self.file.sync_data() } else { Ok(()) }
             }
             Err(e) => {
                 // Cut off whatever part of the batch reached the file: no torn record
@@ -169,9 +213,10 @@ impl Log {
                 msg.set_write_failed();
             }
         }
-        if let Err(e) = result {
+        if let Err(e) = &result {
             tracing::error!(dir = %self.dir.display(), "writing the message log failed: {e}; publishes waiting on it are nacked");
         }
+        self.settle_relocations(ok);
         self.last_commit_shared = self.waiting.len() > 1;
         crate::outbox::batch(|| {
             for confirm in self.waiting.drain(..) {
@@ -182,17 +227,171 @@ impl Log {
             self.rotate();
         }
         self.reclaim();
+        self.check_emptied();
+        self.want_compaction();
     }
 
     /// A (message, queue) reference is gone: the segment holding the message loses one.
     fn release(&mut self, msg: u64) {
-        let holder = self
-            .segments
-            .iter_mut()
-            .rev()
-            .find(|s| s.first_msg.is_some_and(|first| first <= msg));
-        if let Some(segment) = holder {
+        let number = match self.relocated.get_mut(&msg) {
+            Some((number, refs)) => {
+                let number = *number;
+                *refs = refs.saturating_sub(1);
+                if *refs == 0 {
+                    self.relocated.remove(&msg);
+                    self.compaction.forget(msg);
+                }
+                Some(number)
+            }
+            None => self.holder(msg),
+        };
+        if let Some(segment) = number.and_then(|n| self.segment_mut(n)) {
             segment.live = segment.live.saturating_sub(1);
+        }
+    }
+
+    /// The segment message `msg` was first written to.
+    fn holder(&self, msg: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .rev()
+            .find(|s| s.first_msg.is_some_and(|first| first <= msg))
+            .map(|s| s.number)
+    }
+
+    fn segment_mut(&mut self, number: u64) -> Option<&mut Segment> {
+        self.segments.iter_mut().find(|s| s.number == number)
+    }
+
+    /// Appends a copy of message `id` (record at `location`) on `queues`, and moves its
+    /// references to the current segment.
+    fn relocate(&mut self, id: u64, location: u64, queues: &[(u64, bool)]) {
+        let (number, offset) = unpack_location(location);
+        let record = match self.read_at(number, offset) {
+            Ok(Some(Record::Enqueue {
+                msg,
+                published_ms,
+                exchange,
+                routing_key,
+                header,
+                body,
+                ..
+            })) if msg == id => (
+                published_ms,
+                Message::new(&exchange, &routing_key, header, body, true),
+            ),
+            Ok(_) => {
+                tracing::warn!(
+                    "compaction: no intact record of message {id} at {location:#x}; it stays where it is"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "compaction: reading message {id} at {location:#x} failed: {e}; it stays where it is"
+                );
+                return;
+            }
+        };
+        let (published_ms, message) = record;
+        let ids: Vec<u64> = queues.iter().map(|(queue, _)| *queue).collect();
+        let refs = ids.len() as u64;
+        let current = self.segments.back_mut().expect("a current segment");
+        let to = pack_location(current.number, self.written + self.buf.len() as u64);
+        let current_number = current.number;
+        current.live += refs;
+        current.refs += refs;
+        put_enqueue(&mut self.buf, id, published_ms, &ids, &message);
+        for (queue, _) in queues.iter().filter(|(_, delivered)| *delivered) {
+            put_marker(&mut self.buf, false, *queue, id);
+        }
+        let from = match self.relocated.insert(id, (current_number, refs)) {
+            Some((earlier, _)) => Some(earlier),
+            None => self.holder(id),
+        };
+        if let Some(from) = from.and_then(|n| self.segment_mut(n)) {
+            from.live = from.live.saturating_sub(refs);
+        }
+        self.relocations.push(Relocation {
+            id,
+            from: from.unwrap_or(number),
+            to,
+        });
+    }
+
+    /// Reads the record at `offset` of segment `number`, keeping the file open for the
+    /// next one.
+    fn read_at(&mut self, number: u64, offset: u64) -> std::io::Result<Option<Record>> {
+        if self
+            .reading
+            .as_ref()
+            .is_none_or(|(open, _)| *open != number)
+        {
+            self.reading = Some((number, File::open(segment_path(&self.dir, number))?));
+        }
+        let (_, file) = self.reading.as_ref().expect("opened above");
+        read_record_at(file, offset)
+    }
+
+    /// The copies of the batch are on disk (`ok`): readers find them from now on. If the
+    /// write failed, their references go back where they were.
+    fn settle_relocations(&mut self, ok: bool) {
+        let relocations = std::mem::take(&mut self.relocations);
+        if ok {
+            let moves = relocations
+                .iter()
+                .filter(|r| self.relocated.contains_key(&r.id))
+                .map(|r| (r.id, r.to));
+            self.compaction.moved_to(moves);
+            return;
+        }
+        for r in relocations.into_iter().rev() {
+            let Some((number, refs)) = self.relocated.remove(&r.id) else {
+                continue;
+            };
+            if let Some(copy) = self.segment_mut(number) {
+                copy.live = copy.live.saturating_sub(refs);
+            }
+            if let Some(back) = self.segment_mut(r.from) {
+                back.live += refs;
+            }
+            if self.holder(r.id) != Some(r.from) {
+                self.relocated.insert(r.id, (r.from, refs));
+            }
+        }
+    }
+
+    /// Says so if a relocated segment still has live references after its copies were
+    /// written (the vhost and the log disagree; the segment stays, nothing is lost).
+    fn check_emptied(&mut self) {
+        let Some(number) = self.emptied.take() else {
+            return;
+        };
+        self.reading = None;
+        if let Some(segment) = self
+            .segments
+            .iter()
+            .find(|s| s.number == number && s.live > 0)
+        {
+            tracing::warn!(
+                segment = number,
+                live = segment.live,
+                "compaction left references in a message log segment; it is kept"
+            );
+        }
+    }
+
+    /// Asks for the oldest segment to be compacted once it is sparse (once per segment).
+    fn want_compaction(&mut self) {
+        let Some(oldest) = self.segments.front().filter(|_| self.segments.len() > 1) else {
+            return;
+        };
+        if oldest.live > 0
+            && oldest.live * SPARSE_SHARE <= oldest.refs
+            && oldest.number != self.asked
+        {
+            self.asked = oldest.number;
+            self.compaction.want(oldest.number);
         }
     }
 
@@ -204,11 +403,7 @@ impl Log {
             Ok(file) => {
                 self.file = file;
                 self.written = 0;
-                self.segments.push_back(Segment {
-                    number,
-                    first_msg: None,
-                    live: 0,
-                });
+                self.segments.push_back(Segment::new(number));
             }
             Err(e) => tracing::error!(
                 "cannot start message log segment {number}: {e}; writing on in the current one"

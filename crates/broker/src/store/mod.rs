@@ -40,7 +40,8 @@
 //! Each segment counts its live references: (message, durable queue) pairs not yet
 //! removed. Segments are deleted oldest first once they have no live references, which
 //! keeps every remove record needed for recovery. A long-lived message in an old segment
-//! holds back later segments; compacting such segments is future work.
+//! would hold back every later segment: once the oldest segment is sparse, its live
+//! messages are copied forward ([`compaction`]) and it goes.
 //!
 //! # Recovery ([`recovery`])
 //!
@@ -48,7 +49,8 @@
 //! short (a torn write) or fails its CRC ends that segment: the rest of the segment is
 //! dropped and truncated away, a warning says how many bytes of which file were dropped,
 //! and recovery goes on with the next segment. The broker never refuses to start over a
-//! damaged store and never delivers a record whose CRC does not match. Messages whose
+//! damaged store and never delivers a record whose CRC does not match. An enqueue record
+//! whose id was seen before is a compaction copy and replaces it. Messages whose
 //! queues are gone are dropped. Survivors are requeued in their original order, with
 //! `redelivered` set if a deliver record says a consumer had them, and with what is left of
 //! their TTL (enqueue records carry the time they were written). Writing then starts in
@@ -60,6 +62,7 @@
 //! become `basic.nack`s, and the log moves on to a fresh segment; the broker keeps
 //! running.
 
+pub mod compaction;
 mod inbox;
 mod log;
 pub mod metadata;
@@ -103,6 +106,23 @@ pub fn segment_path(dir: &Path, number: u64) -> PathBuf {
     dir.join(format!("{number:020}.{SEGMENT_EXT}"))
 }
 
+/// Reads the record at `offset` of a segment file; `None` if it is not intact.
+pub(crate) fn read_record_at(
+    file: &std::fs::File,
+    offset: u64,
+) -> std::io::Result<Option<record::Record>> {
+    use std::os::unix::fs::FileExt;
+    let mut head = [0; record::RECORD_HEADER];
+    file.read_exact_at(&mut head, offset)?;
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    if len > record::MAX_RECORD {
+        return Ok(None);
+    }
+    let mut bytes = vec![0; record::RECORD_HEADER + len];
+    file.read_exact_at(&mut bytes, offset)?;
+    Ok(record::read_record(&bytes).ok().map(|(record, _)| record))
+}
+
 /// What the log thread is asked to do.
 #[derive(Debug)]
 pub(crate) enum Op {
@@ -115,6 +135,17 @@ pub(crate) enum Op {
         removed: bool,
         queue: u64,
         msg: u64,
+    },
+    /// Copy message `id` (its record at `location`) into the current segment, on the
+    /// durable queues that still hold it, each with whether it was delivered.
+    Relocate {
+        id: u64,
+        location: u64,
+        queues: Vec<(u64, bool)>,
+    },
+    /// Every live message of `segment` was handed over with [`Op::Relocate`].
+    Relocated {
+        segment: u64,
     },
     /// Change number `seq` to the durable topology.
     Topology {
@@ -137,6 +168,7 @@ pub struct Store {
     topology_queued: AtomicU64,
     /// How many of them are on disk (the log thread counts).
     topology_synced: watch::Sender<u64>,
+    compaction: Arc<compaction::Compaction>,
 }
 
 impl Store {
@@ -147,7 +179,13 @@ impl Store {
         let ops = Arc::new(inbox::Inbox::default());
         let receiver = ops.clone();
         let metadata = metadata::MetadataLog::open(dir, recovered.topology.clone())?;
-        let writer = log::Log::start(dir.join(MESSAGES_DIR), &recovered, metadata)?;
+        let compaction = Arc::new(compaction::Compaction::default());
+        let writer = log::Log::start(
+            dir.join(MESSAGES_DIR),
+            &recovered,
+            metadata,
+            compaction.clone(),
+        )?;
         let topology_synced = watch::Sender::new(0);
         let synced = topology_synced.clone();
         let thread = std::thread::Builder::new()
@@ -161,6 +199,7 @@ impl Store {
             reader: Mutex::new(None),
             topology_queued: AtomicU64::new(0),
             topology_synced,
+            compaction,
         };
         Ok((store, recovered))
     }
@@ -171,29 +210,27 @@ impl Store {
 
     /// Reads message `id` back from its record (for queues whose backlog is paged out).
     pub fn read(&self, id: u64, location: u64) -> std::io::Result<Arc<Message>> {
-        use std::os::unix::fs::FileExt;
+        let location = self.compaction.locate(id, location);
         let (segment, offset) = unpack_location(location);
-        let file = self.segment_reader(segment)?;
-        let mut head = [0; record::RECORD_HEADER];
-        file.read_exact_at(&mut head, offset)?;
-        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        if len > record::MAX_RECORD {
-            return Err(std::io::Error::other("record length out of bounds"));
-        }
-        let mut bytes = vec![0; record::RECORD_HEADER + len];
-        file.read_exact_at(&mut bytes, offset)?;
-        match record::read_record(&bytes) {
-            Ok((
-                record::Record::Enqueue {
-                    msg,
-                    exchange,
-                    routing_key,
-                    header,
-                    body,
-                    ..
-                },
-                _,
-            )) if msg == id => {
+        let read = self
+            .segment_reader(segment)
+            .and_then(|file| read_record_at(&file, offset));
+        // Compaction may have moved the record and deleted its segment meanwhile.
+        let read = match read {
+            Err(_) if self.compaction.locate(id, location) != location => {
+                return self.read(id, location);
+            }
+            read => read?,
+        };
+        match read {
+            Some(record::Record::Enqueue {
+                msg,
+                exchange,
+                routing_key,
+                header,
+                body,
+                ..
+            }) if msg == id => {
                 let message = Message::new(&exchange, &routing_key, header, body, true);
                 message.set_store_id(id);
                 message.set_location(location);
@@ -203,6 +240,37 @@ impl Store {
                 "no intact record of message {id} at {location:#x}"
             ))),
         }
+    }
+
+    /// Runs `f` with a function telling where message `id`, written at `location`, is
+    /// now (compaction moves records).
+    pub fn with_locator<R>(&self, f: impl FnOnce(&dyn Fn(u64, u64) -> u64) -> R) -> R {
+        self.compaction.with_locator(f)
+    }
+
+    /// The segment whose live messages should be relocated, if the log thread asks.
+    pub fn compaction_wanted(&self) -> Option<u64> {
+        self.compaction.take_wanted()
+    }
+
+    /// Resolves once the log thread asks for a segment to be compacted.
+    pub async fn compaction_requested(&self) {
+        self.compaction.requested().await;
+    }
+
+    /// Hands message `id` (record at `location`) over for copying forward, with the
+    /// durable queues that hold it and whether each delivered it. Under the vhost lock.
+    pub fn relocate(&self, id: u64, location: u64, queues: Vec<(u64, bool)>) {
+        self.send(Op::Relocate {
+            id,
+            location,
+            queues,
+        });
+    }
+
+    /// Every live message of `segment` was handed over with [`Store::relocate`].
+    pub fn relocated(&self, segment: u64) {
+        self.send(Op::Relocated { segment });
     }
 
     /// An open handle on segment `number`; the last one is kept, since a draining

@@ -6,7 +6,7 @@ use super::record::{ReadError, Record, read_record};
 use super::topology::Topology;
 use super::{MESSAGES_DIR, SEGMENT_EXT};
 use crate::codec::content::parse_content_header;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 /// A stored message that is still in at least one durable queue. Its body stays on
@@ -32,6 +32,9 @@ pub struct Recovered {
     /// In publish order.
     pub messages: Vec<RecoveredMessage>,
     pub(crate) segments: Vec<Segment>,
+    /// Messages whose live record is a copy made by compaction, outside the segment
+    /// their id falls in: that segment and the references left.
+    pub(crate) relocated: HashMap<u64, (u64, u64)>,
     pub next_msg: u64,
 }
 
@@ -67,11 +70,7 @@ pub fn recover(dir: &Path) -> std::io::Result<Recovered> {
     for number in numbers {
         let path = super::segment_path(&messages_dir, number);
         let bytes = std::fs::read(&path)?;
-        let mut segment = Segment {
-            number,
-            first_msg: None,
-            live: 0,
-        };
+        let mut segment = Segment::new(number);
         let mut at = 0;
         while at < bytes.len() {
             let (record, size) = match read_record(&bytes[at..]) {
@@ -101,15 +100,23 @@ pub fn recover(dir: &Path) -> std::io::Result<Recovered> {
                     body,
                     ..
                 } => {
-                    segment.first_msg.get_or_insert(msg);
-                    enqueued += 1;
-                    next_msg = next_msg.max(msg + 1);
+                    // Ids grow in log order; an id seen before is a copy made by
+                    // compaction, which replaces what the earlier record said.
+                    let copy = msg < next_msg;
+                    if !copy {
+                        segment.first_msg.get_or_insert(msg);
+                        enqueued += 1;
+                        next_msg = msg + 1;
+                    }
+                    segment.refs += queues.len() as u64;
                     let queues: Vec<(u64, bool)> = queues
                         .into_iter()
                         .filter(|q| known.contains(q))
                         .map(|q| (q, false))
                         .collect();
-                    if !queues.is_empty() {
+                    if queues.is_empty() {
+                        pending.remove(&msg);
+                    } else {
                         pending.insert(
                             msg,
                             Pending {
@@ -151,13 +158,20 @@ pub fn recover(dir: &Path) -> std::io::Result<Recovered> {
         );
     }
     let mut messages = Vec::with_capacity(pending.len());
+    let mut relocated = HashMap::new();
     for (id, p) in pending {
-        if let Some(segment) = segments
-            .iter_mut()
+        let refs = p.queues.len() as u64;
+        let (number, _) = super::unpack_location(p.location);
+        let holder = segments
+            .iter()
             .rev()
             .find(|s| s.first_msg.is_some_and(|first| first <= id))
-        {
-            segment.live += p.queues.len() as u64;
+            .map(|s| s.number);
+        if holder != Some(number) {
+            relocated.insert(id, (number, refs));
+        }
+        if let Some(segment) = segments.iter_mut().find(|s| s.number == number) {
+            segment.live += refs;
         }
         messages.push(RecoveredMessage {
             id,
@@ -175,6 +189,7 @@ pub fn recover(dir: &Path) -> std::io::Result<Recovered> {
         topology,
         messages,
         segments,
+        relocated,
         next_msg,
     })
 }

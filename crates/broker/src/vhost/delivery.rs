@@ -260,6 +260,11 @@ impl State {
             self.drop_stale_timers();
         }
         self.timers.forget_now();
+        if let Some(store) = self.store.clone()
+            && let Some(segment) = store.compaction_wanted()
+        {
+            self.relocate_segment(&store, segment);
+        }
     }
 
     /// Removes timer entries nothing waits for any more (an earlier head deadline

@@ -16,7 +16,8 @@
 //! [`crate::expiry::run`] task, handles what is due. Messages that die are collected
 //! while the lock is held and republished to their dead-letter exchanges when the
 //! [`VhostGuard`] is dropped, iteratively (a dead letter can cause more), so every
-//! method gets this without remembering to.
+//! method gets this without remembering to. The guard's drop also hands the store the
+//! live messages of a segment it wants compacted ([`relocation`]).
 
 use crate::arguments::{Overflow, QueueArgs};
 use crate::codec::delivery::{ChannelOut, Content, Origin, put_deliver, put_get_ok};
@@ -37,6 +38,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 mod delivery;
+pub(crate) mod relocation;
 mod topology;
 
 /// The shared broker state.
