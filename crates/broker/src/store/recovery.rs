@@ -206,3 +206,97 @@ fn truncate(path: &Path, len: u64) {
         tracing::warn!("cannot truncate {}: {e}", path.display());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+    use crate::store::metadata::MetadataLog;
+    use crate::store::record::{put_enqueue, put_marker};
+    use crate::store::topology::Change;
+    use crate::store::topology::tests::queue;
+    use bytes::Bytes;
+
+    fn enqueue(out: &mut Vec<u8>, id: u64, queues: &[u64]) {
+        let message = Message::new("", "q", Bytes::new(), Bytes::from_static(b"body"), true);
+        put_enqueue(out, id, 0, queues, &message);
+    }
+
+    /// A store with queues 1 and 2 and the given segments.
+    fn store_with(name: &str, segments: &[(u64, Vec<u8>)]) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("dispatch-recovery-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join(MESSAGES_DIR)).unwrap();
+        let mut topology = Topology::default();
+        topology.apply(Change::Queue(queue("a", 1)));
+        topology.apply(Change::Queue(queue("b", 2)));
+        drop(MetadataLog::open(&dir, topology).unwrap());
+        for (number, bytes) in segments {
+            std::fs::write(
+                super::super::segment_path(&dir.join(MESSAGES_DIR), *number),
+                bytes,
+            )
+            .unwrap();
+        }
+        dir
+    }
+
+    fn summary(recovered: &Recovered) -> Vec<(u64, u64, Vec<(u64, bool)>)> {
+        recovered
+            .messages
+            .iter()
+            .map(|m| {
+                (
+                    m.id,
+                    super::super::unpack_location(m.location).0,
+                    m.queues.clone(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_compaction_copy_replaces_the_original_record() {
+        let mut first = Vec::new();
+        enqueue(&mut first, 1, &[1, 2]);
+        enqueue(&mut first, 2, &[1]);
+        let mut second = Vec::new();
+        put_marker(&mut second, true, 1, 1); // removed from queue 1
+        put_marker(&mut second, false, 2, 1); // delivered on queue 2
+        enqueue(&mut second, 1, &[2]); // the copy: only queue 2 holds it
+        put_marker(&mut second, false, 2, 1);
+        enqueue(&mut second, 3, &[1]);
+
+        // Crash after the copy, before the old segment went: both records are there.
+        let dir = store_with("copy", &[(1, first.clone()), (2, second.clone())]);
+        let recovered = recover(&dir).unwrap();
+        assert_eq!(
+            summary(&recovered),
+            [
+                (1, 2, vec![(2, true)]),
+                (2, 1, vec![(1, false)]),
+                (3, 2, vec![(1, false)])
+            ]
+        );
+        assert_eq!(recovered.next_msg, 4);
+        assert_eq!(recovered.relocated, HashMap::from([(1, (2, 1))]));
+        let live: Vec<_> = recovered
+            .segments
+            .iter()
+            .map(|s| (s.number, s.live))
+            .collect();
+        assert_eq!(live, [(1, 1), (2, 2)]);
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // The old segment is gone: the copy alone tells.
+        let dir = store_with("copy-only", &[(2, second)]);
+        let recovered = recover(&dir).unwrap();
+        assert_eq!(
+            summary(&recovered),
+            [(1, 2, vec![(2, true)]), (3, 2, vec![(1, false)])]
+        );
+        assert_eq!(recovered.next_msg, 4);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
