@@ -70,7 +70,7 @@ pub struct Log {
     relocated: HashMap<u64, (u64, u64)>,
     /// Copies in `buf`.
     relocations: Vec<Relocation>,
-    /// The segment last asked to be compacted, and whether its relocation is done.
+    /// The segment last asked to be compacted (each is asked once).
     asked: u64,
     /// The segment whose relocation ended in this batch, to check once committed.
     emptied: Option<u64>,

@@ -242,7 +242,10 @@ mod tests {
         dir
     }
 
-    fn summary(recovered: &Recovered) -> Vec<(u64, u64, Vec<(u64, bool)>)> {
+    /// A recovered message: id, segment of its record, queues (with delivered).
+    type Summary = (u64, u64, Vec<(u64, bool)>);
+
+    fn summary(recovered: &Recovered) -> Vec<Summary> {
         recovered
             .messages
             .iter()
