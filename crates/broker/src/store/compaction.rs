@@ -71,9 +71,10 @@ impl Compaction {
         self.moved().get(&id).copied().unwrap_or(location)
     }
 
-    /// Runs `f` with a locator like [`Compaction::locate`] that takes the lock once.
+    /// Runs `f` with a locator like [`Compaction::locate`] that reads a copy of the
+    /// moves, so the log thread is not held up while `f` runs.
     pub fn with_locator<R>(&self, f: impl FnOnce(&dyn Fn(u64, u64) -> u64) -> R) -> R {
-        let moved = self.moved();
+        let moved = self.moved().clone();
         f(&|id, location| moved.get(&id).copied().unwrap_or(location))
     }
 

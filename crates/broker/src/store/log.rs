@@ -70,8 +70,9 @@ pub struct Log {
     relocated: HashMap<u64, (u64, u64)>,
     /// Copies in `buf`.
     relocations: Vec<Relocation>,
-    /// The segment last asked to be compacted (each is asked once).
-    asked: u64,
+    /// The segment last asked to be compacted and its live references then: it is asked
+    /// again only once they changed (or the copies failed), not after every commit.
+    asked: Option<(u64, u64)>,
     /// The segment whose relocation ended in this batch, to check once committed.
     emptied: Option<u64>,
     /// The open segment relocations read from.
@@ -103,7 +104,7 @@ impl Log {
             compaction,
             relocated: recovered.relocated.clone(),
             relocations: Vec::new(),
-            asked: 0,
+            asked: None,
             emptied: None,
             reading: None,
         };
@@ -172,21 +173,25 @@ impl Log {
 
     /// Writes and syncs the topology changes of the batch, before any message that may
     /// name their queues is confirmed.
-    fn commit_metadata(&mut self, topology_synced: &watch::Sender<u64>) {
-        if let Err(e) = self.metadata.commit() {
+    /// A failure is logged and returned: the batch's confirms become nacks, since their
+    /// messages may name a queue a crash would forget.
+    fn commit_metadata(&mut self, topology_synced: &watch::Sender<u64>) -> bool {
+        let result = self.metadata.commit();
+        if let Err(e) = &result {
             tracing::error!(
                 dir = %self.dir.display(),
-                "writing the durable topology failed: {e}; the changes stand in memory, and the next change rewrites the file whole"
+                "writing the durable topology failed: {e}; the changes stand in memory, the next batch rewrites the file whole, and publishes waiting on this one are nacked"
             );
         }
         if *topology_synced.borrow() < self.topology_seq {
             topology_synced.send_replace(self.topology_seq);
         }
+        result.is_ok()
     }
 
     /// Writes the batch, syncs if a confirm waits on it, completes the confirms.
     fn commit(&mut self, topology_synced: &watch::Sender<u64>) {
-        self.commit_metadata(topology_synced);
+        let metadata_ok = self.commit_metadata(topology_synced);
         if self.buf.is_empty() && self.waiting.is_empty() {
             return;
         }
@@ -220,7 +225,7 @@ impl Log {
         self.last_commit_shared = self.waiting.len() > 1;
         crate::outbox::batch(|| {
             for confirm in self.waiting.drain(..) {
-                confirm.complete(ok);
+                confirm.complete(ok && metadata_ok);
             }
         });
         if !ok || self.written >= SEGMENT_SIZE {
@@ -337,6 +342,9 @@ impl Log {
     /// write failed, their references go back where they were.
     fn settle_relocations(&mut self, ok: bool) {
         let relocations = std::mem::take(&mut self.relocations);
+        if !relocations.is_empty() && !ok {
+            self.asked = None; // try again
+        }
         if ok {
             let moves = relocations
                 .iter()
@@ -381,16 +389,14 @@ impl Log {
         }
     }
 
-    /// Asks for the oldest segment to be compacted once it is sparse (once per segment).
+    /// Asks for the oldest segment to be compacted once it is sparse.
     fn want_compaction(&mut self) {
         let Some(oldest) = self.segments.front().filter(|_| self.segments.len() > 1) else {
             return;
         };
-        if oldest.live > 0
-            && oldest.live * SPARSE_SHARE <= oldest.refs
-            && oldest.number != self.asked
-        {
-            self.asked = oldest.number;
+        let ask = Some((oldest.number, oldest.live));
+        if oldest.live > 0 && oldest.live * SPARSE_SHARE <= oldest.refs && self.asked != ask {
+            self.asked = ask;
             self.compaction.want(oldest.number);
         }
     }

@@ -34,8 +34,6 @@ const MAGIC: &[u8; 8] = b"DSPMETA2";
 const LEGACY_MAGIC: &[u8; 8] = b"DSPMETA1";
 /// Bytes of `len` and `crc` before each record's table.
 const RECORD_HEADER: usize = 8;
-/// The largest record read back: a few names and an argument table.
-const MAX_RECORD: usize = 1 << 20;
 /// Growth allowed beyond twice the compacted size before the next compaction.
 pub const COMPACT_SLACK: u64 = 1 << 20;
 
@@ -215,10 +213,8 @@ fn put_record(out: &mut Vec<u8>, change: &Change) {
 /// The change at the start of `bytes` and the bytes it took, if it is intact.
 fn read_record(bytes: &[u8]) -> Option<(Change, usize)> {
     let (head, rest) = bytes.split_at_checked(RECORD_HEADER)?;
+    // The whole file is in memory: a length beyond it is damage, not an allocation.
     let len = u32::from_be_bytes(head[..4].try_into().ok()?) as usize;
-    if len > MAX_RECORD {
-        return None;
-    }
     let body = rest.get(..len)?;
     if crc32fast::hash(body).to_be_bytes() != head[4..] {
         return None;
