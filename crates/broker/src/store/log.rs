@@ -6,7 +6,9 @@ use super::inbox::Inbox;
 use super::metadata::MetadataLog;
 use super::record::{Record, put_enqueue, put_marker};
 use super::recovery::Recovered;
-use super::{Op, SEGMENT_SIZE, pack_location, read_record_at, segment_path, unpack_location};
+use super::{
+    Op, OpenSegment, SEGMENT_SIZE, pack_location, read_record_at, segment_path, unpack_location,
+};
 use crate::confirm::Confirm;
 use crate::message::Message;
 use std::collections::{HashMap, VecDeque};
@@ -77,6 +79,8 @@ pub struct Log {
     emptied: Option<u64>,
     /// The open segment relocations read from.
     reading: Option<(u64, File)>,
+    /// The segment the store's readers hold open, closed when it is deleted.
+    reader: Arc<OpenSegment>,
 }
 
 impl Log {
@@ -86,6 +90,7 @@ impl Log {
         recovered: &Recovered,
         metadata: MetadataLog,
         compaction: Arc<Compaction>,
+        reader: Arc<OpenSegment>,
     ) -> std::io::Result<Log> {
         let segments: VecDeque<Segment> = recovered.segments.iter().cloned().collect();
         let number = segments.back().map_or(1, |s| s.number + 1);
@@ -107,6 +112,7 @@ impl Log {
             asked: None,
             emptied: None,
             reading: None,
+            reader,
         };
         log.segments.push_back(Segment::new(number));
         log.reclaim();
@@ -427,6 +433,7 @@ impl Log {
             if let Err(e) = std::fs::remove_file(&path) {
                 tracing::warn!("cannot delete {}: {e}", path.display());
             }
+            self.reader.deleted(old.number);
         }
     }
 }

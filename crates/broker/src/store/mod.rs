@@ -106,6 +106,25 @@ pub fn segment_path(dir: &Path, number: u64) -> PathBuf {
     dir.join(format!("{number:020}.{SEGMENT_EXT}"))
 }
 
+/// The segment file paged-out messages were last read from, kept open for the next read;
+/// the log thread closes it when it deletes the segment, so the space is freed.
+#[derive(Debug, Default)]
+pub(crate) struct OpenSegment(Mutex<Option<(u64, Arc<std::fs::File>)>>);
+
+impl OpenSegment {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(u64, Arc<std::fs::File>)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Segment `number` was deleted.
+    pub(crate) fn deleted(&self, number: u64) {
+        let mut open = self.lock();
+        if open.as_ref().is_some_and(|(n, _)| *n == number) {
+            *open = None;
+        }
+    }
+}
+
 /// Reads the record at `offset` of a segment file; `None` if it is not intact.
 pub(crate) fn read_record_at(
     file: &std::fs::File,
@@ -163,11 +182,11 @@ pub struct Store {
     thread: Mutex<Option<JoinHandle<()>>>,
     next_msg: AtomicU64,
     /// The segment paged-out messages were last read from.
-    reader: Mutex<Option<(u64, Arc<std::fs::File>)>>,
+    reader: Arc<OpenSegment>,
     /// Topology changes handed to the log thread, counted.
     topology_queued: AtomicU64,
-    /// How many of them are on disk (the log thread counts).
-    topology_synced: watch::Sender<u64>,
+    /// How many of them are on disk, as the log thread counts (its end closes it).
+    topology_synced: watch::Receiver<u64>,
     compaction: Arc<compaction::Compaction>,
 }
 
@@ -180,14 +199,15 @@ impl Store {
         let receiver = ops.clone();
         let metadata = metadata::MetadataLog::open(dir, recovered.topology.clone())?;
         let compaction = Arc::new(compaction::Compaction::default());
+        let reader = Arc::new(OpenSegment::default());
         let writer = log::Log::start(
             dir.join(MESSAGES_DIR),
             &recovered,
             metadata,
             compaction.clone(),
+            reader.clone(),
         )?;
-        let topology_synced = watch::Sender::new(0);
-        let synced = topology_synced.clone();
+        let (synced, topology_synced) = watch::channel(0);
         let thread = std::thread::Builder::new()
             .name("dispatch-store".into())
             .spawn(move || writer.run(receiver, synced))?;
@@ -196,7 +216,7 @@ impl Store {
             ops,
             thread: Mutex::new(Some(thread)),
             next_msg: AtomicU64::new(recovered.next_msg),
-            reader: Mutex::new(None),
+            reader,
             topology_queued: AtomicU64::new(0),
             topology_synced,
             compaction,
@@ -276,7 +296,7 @@ impl Store {
     /// An open handle on segment `number`; the last one is kept, since a draining
     /// backlog reads one segment after another.
     fn segment_reader(&self, number: u64) -> std::io::Result<Arc<std::fs::File>> {
-        let mut last = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = self.reader.lock();
         if let Some((_, file)) = last.as_ref().filter(|(open, _)| *open == number) {
             return Ok(file.clone());
         }
@@ -335,7 +355,8 @@ impl Store {
     /// Resolves once topology change `seq` (and every one before it) is on disk, or
     /// its write failed (logged; the change stands in memory).
     pub async fn topology_synced(&self, seq: u64) {
-        let mut synced = self.topology_synced.subscribe();
+        // An error means the log thread is gone: nothing more will be written.
+        let mut synced = self.topology_synced.clone();
         let _ = synced.wait_for(|done| *done >= seq).await;
     }
 
