@@ -55,7 +55,9 @@ pub struct Exchange {
     pub auto_delete: bool,
     pub internal: bool,
     pub arguments: FieldTable,
-    bindings: Vec<Binding>,
+    /// Bindings by queue: a queue has few on one exchange, an exchange may have a
+    /// fleet's worth, so binding, unbinding and deleting a queue cost the same at any size.
+    bindings: HashMap<Arc<str>, Vec<Binding>>,
     /// Exact routing keys → queues, for bindings that need no pattern matching.
     exact: HashMap<Box<str>, Vec<Arc<str>>>,
     /// Topic bindings with wildcards, split into words once.
@@ -78,14 +80,14 @@ impl Exchange {
             auto_delete,
             internal,
             arguments,
-            bindings: Vec::new(),
+            bindings: HashMap::new(),
             exact: HashMap::new(),
             patterns: Vec::new(),
         }
     }
 
-    pub fn bindings(&self) -> &[Binding] {
-        &self.bindings
+    pub fn bindings(&self) -> impl Iterator<Item = &Binding> {
+        self.bindings.values().flatten()
     }
 
     pub fn has_bindings(&self) -> bool {
@@ -102,39 +104,47 @@ impl Exchange {
 
     /// Adds a binding; binding the same queue, key and arguments again changes nothing.
     pub fn bind(&mut self, binding: Binding) {
-        if self.bindings.contains(&binding) {
+        let same_queue = self.bindings.entry(binding.queue.clone()).or_default();
+        if same_queue.contains(&binding) {
+            return;
+        }
+        // Another binding of the queue with this key (other arguments) already routes it.
+        let routed = same_queue
+            .iter()
+            .any(|b| b.routing_key == binding.routing_key);
+        same_queue.push(binding.clone());
+        if routed {
             return;
         }
         if self.is_exact(&binding.routing_key) {
-            let queues = self.exact.entry(binding.routing_key.clone()).or_default();
-            if !queues.contains(&binding.queue) {
-                queues.push(binding.queue.clone());
-            }
+            let queues = self.exact.entry(binding.routing_key).or_default();
+            queues.push(binding.queue);
         } else if self.kind == ExchangeKind::Topic {
             let words = binding.routing_key.split('.').map(Box::from).collect();
-            self.patterns.push((words, binding.queue.clone()));
+            self.patterns.push((words, binding.queue));
         }
-        self.bindings.push(binding);
     }
 
     /// Removes a binding; returns whether it existed.
     pub fn unbind(&mut self, binding: &Binding) -> bool {
-        let Some(at) = self.bindings.iter().position(|b| b == binding) else {
+        let Some(same_queue) = self.bindings.get_mut(&binding.queue) else {
             return false;
         };
-        let removed = self.bindings.remove(at);
+        let Some(at) = same_queue.iter().position(|b| b == binding) else {
+            return false;
+        };
+        let removed = same_queue.remove(at);
+        if same_queue.is_empty() {
+            self.bindings.remove(&binding.queue);
+        }
         self.forget_route(&removed);
         true
     }
 
     /// Removes every binding to `queue`.
     pub fn unbind_queue(&mut self, queue: &str) {
-        let (gone, kept) = std::mem::take(&mut self.bindings)
-            .into_iter()
-            .partition::<Vec<_>, _>(|b| &*b.queue == queue);
-        self.bindings = kept;
-        for binding in &gone {
-            self.forget_route(binding);
+        for binding in self.bindings.remove(queue).unwrap_or_default() {
+            self.forget_route(&binding);
         }
     }
 
@@ -142,8 +152,8 @@ impl Exchange {
         // Another binding with other arguments may still route the same key to the queue.
         let still_routed = self
             .bindings
-            .iter()
-            .any(|b| b.queue == removed.queue && b.routing_key == removed.routing_key);
+            .get(&removed.queue)
+            .is_some_and(|same| same.iter().any(|b| b.routing_key == removed.routing_key));
         if still_routed {
             return;
         }
@@ -165,7 +175,7 @@ impl Exchange {
     /// removes duplicates.
     pub fn route(&self, routing_key: &str, headers: Option<&FieldTable>, out: &mut Vec<Arc<str>>) {
         match self.kind {
-            ExchangeKind::Fanout => out.extend(self.bindings.iter().map(|b| b.queue.clone())),
+            ExchangeKind::Fanout => out.extend(self.bindings.keys().cloned()),
             ExchangeKind::Direct => {
                 out.extend(self.exact.get(routing_key).into_iter().flatten().cloned())
             }
@@ -183,7 +193,7 @@ impl Exchange {
             ExchangeKind::Headers => {
                 let empty = FieldTable::default();
                 let headers = headers.unwrap_or(&empty);
-                for b in &self.bindings {
+                for b in self.bindings() {
                     if headers_match(&b.arguments, headers) {
                         out.push(b.queue.clone());
                     }
@@ -312,5 +322,36 @@ mod tests {
         out.clear();
         ex.route("web.02", None, &mut out);
         assert_eq!(out, vec![Arc::from("c")]);
+    }
+
+    #[test]
+    fn a_key_stays_routed_while_one_of_its_bindings_remains() {
+        for kind in [ExchangeKind::Topic, ExchangeKind::Direct] {
+            let mut ex = Exchange::new("x", kind, false, false, false, FieldTable::default());
+            let with = |flag: bool| {
+                let mut arguments = FieldTable::default();
+                arguments.insert("flag".into(), AMQPValue::Boolean(flag));
+                Binding {
+                    queue: "q".into(),
+                    routing_key: "minion.web-01".into(),
+                    arguments,
+                }
+            };
+            let routed = |ex: &Exchange| {
+                let mut out = Vec::new();
+                ex.route("minion.web-01", None, &mut out);
+                out
+            };
+            ex.bind(with(true));
+            ex.bind(with(false));
+            ex.bind(with(false));
+            assert_eq!(routed(&ex), vec![Arc::from("q")], "routed once");
+            assert!(ex.unbind(&with(true)));
+            assert_eq!(routed(&ex), vec![Arc::from("q")]);
+            assert!(!ex.unbind(&with(true)), "already gone");
+            assert!(ex.unbind(&with(false)));
+            assert!(routed(&ex).is_empty());
+            assert!(!ex.has_bindings());
+        }
     }
 }

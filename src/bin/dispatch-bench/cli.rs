@@ -111,6 +111,10 @@ pub struct Args {
     /// Persistent messages queued (then drained) by the persistent-backlog scenario.
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1000..=100_000_000))]
     backlog_messages: u64,
+
+    /// Durable queues declared (and bound) by the durable-declares scenario.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
+    declare_queues: u64,
 }
 
 /// Where one column of results comes from.
@@ -145,6 +149,7 @@ pub struct Plan {
     pub fanout_queues: u32,
     pub idle_connections: u32,
     pub backlog_messages: u64,
+    pub declare_queues: u64,
     pub markdown: bool,
     /// Dispatch-level scenarios, run after the broker ones.
     pub dispatch: Vec<DispatchScenario>,
@@ -237,6 +242,7 @@ impl Args {
             fanout_queues: self.fanout_queues,
             idle_connections: self.idle_connections,
             backlog_messages: self.backlog_messages,
+            declare_queues: self.declare_queues,
             markdown: self.markdown || self.compare_rabbitmq || self.compare_salt,
             dispatch,
             dispatch_ctx: crate::dispatch::DispatchCtx {

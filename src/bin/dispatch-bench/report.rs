@@ -153,6 +153,15 @@ fn metrics(outcome: &Outcome) -> Vec<Metric> {
             Metric::new("broker CPU, drain", backlog.drain_cpu_us, "µs/msg"),
             Metric::disk("disk use, drained", backlog.disk_after_bytes),
         ],
+        &Outcome::Declares {
+            per_second,
+            last_tenth_per_second,
+            cpu_us,
+        } => vec![
+            Metric::new("rate", Some(per_second), "queues/s"),
+            Metric::new("rate, last tenth", Some(last_tenth_per_second), "queues/s"),
+            Metric::new("broker CPU", cpu_us, "µs/queue"),
+        ],
     }
 }
 
@@ -171,6 +180,7 @@ fn metric_names(scenario: Scenario) -> &'static [&'static str] {
             "broker CPU, drain",
             "disk use, drained",
         ],
+        Scenario::DurableDeclares => &["rate", "rate, last tenth", "broker CPU"],
         _ => &["rate", "broker CPU"],
     }
 }
@@ -185,6 +195,8 @@ fn target(scenario: Scenario, metric: &str) -> &'static str {
         (Scenario::PersistentBacklog, "broker RSS, all queued") => "≤ 150 MB",
         (Scenario::PersistentBacklog, "disk use, drained") => "falls back",
         (Scenario::PersistentConfirms | Scenario::PersistentBacklog, _) => "",
+        (Scenario::DurableDeclares, "rate, last tenth") => "≈ rate (linear)",
+        (Scenario::DurableDeclares, _) => "",
         (Scenario::TransientAutoAck | Scenario::TransientManualAck, "rate") => "≥ 2.5× RabbitMQ",
         (_, "broker CPU") if scenario != Scenario::Rpc => "≤ 0.1× RabbitMQ",
         (Scenario::Rpc, "p50") => "≤ 150 µs",

@@ -5,6 +5,7 @@
 //! everything it opened, whether it succeeded or not. A failed scenario becomes an error
 //! cell in the report; the others still run.
 
+mod durable_declares;
 mod fanout;
 mod idle_memory;
 mod persistent_backlog;
@@ -45,10 +46,12 @@ pub enum Scenario {
     PersistentConfirms,
     /// A backlog of persistent messages with no consumer (rate, RSS, disk), then drained.
     PersistentBacklog,
+    /// Durable queues declared and bound one after another, as for a large fleet.
+    DurableDeclares,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::TransientAutoAck,
         Scenario::TransientManualAck,
         Scenario::FanoutTopic,
@@ -57,6 +60,7 @@ impl Scenario {
         Scenario::IdleMemory,
         Scenario::PersistentConfirms,
         Scenario::PersistentBacklog,
+        Scenario::DurableDeclares,
     ];
 
     /// The name `--only` takes.
@@ -70,6 +74,7 @@ impl Scenario {
             Scenario::IdleMemory => "idle-memory",
             Scenario::PersistentConfirms => "persistent-confirms",
             Scenario::PersistentBacklog => "persistent-backlog",
+            Scenario::DurableDeclares => "durable-declares",
         }
     }
 
@@ -93,6 +98,11 @@ impl Scenario {
                 "{} persistent queued, no consumer, then drained",
                 crate::report::group_thousands(ctx.backlog_messages as i64)
             ),
+            Scenario::DurableDeclares => format!(
+                "{} durable queues declared and bound, {} channels",
+                crate::report::group_thousands(ctx.declare_queues as i64),
+                durable_declares::CHANNELS
+            ),
         }
     }
 
@@ -105,6 +115,10 @@ impl Scenario {
             // 2000 msg/s; a stall fails sooner (no confirm or delivery for 60 s).
             Scenario::PersistentBacklog => {
                 slack + Duration::from_secs(ctx.backlog_messages.div_ceil(1000))
+            }
+            // Declared, then deleted, at an average of at least 100 queues/s each way.
+            Scenario::DurableDeclares => {
+                slack + Duration::from_secs(2 * ctx.declare_queues.div_ceil(100))
             }
             _ => ctx.warmup + ctx.duration + slack,
         }
@@ -120,6 +134,7 @@ impl Scenario {
             Scenario::IdleMemory => idle_memory::run(ctx).await,
             Scenario::PersistentConfirms => persistent_confirms::run(ctx).await,
             Scenario::PersistentBacklog => persistent_backlog::run(ctx).await,
+            Scenario::DurableDeclares => durable_declares::run(ctx).await,
         }
     }
 }
@@ -134,6 +149,7 @@ pub struct Ctx {
     pub fanout_queues: u32,
     pub idle_connections: u32,
     pub backlog_messages: u64,
+    pub declare_queues: u64,
     /// The broker's data directory, for disk-use figures.
     pub data_dir: Option<PathBuf>,
     /// Prefix of every exchange and queue name this scenario declares.
@@ -168,6 +184,13 @@ pub enum Outcome {
     },
     /// A persistent backlog published with confirms and no consumer, then drained.
     Backlog(Backlog),
+    /// Durable queues declared and bound per second, over the run and its last tenth,
+    /// and broker CPU per queue.
+    Declares {
+        per_second: f64,
+        last_tenth_per_second: f64,
+        cpu_us: Option<f64>,
+    },
 }
 
 /// What the persistent-backlog scenario measured. Memory and disk are `None` when the
@@ -214,6 +237,7 @@ pub async fn run_all(plan: &Plan, target: &Target) -> Vec<Measured> {
             fanout_queues: plan.fanout_queues,
             idle_connections: plan.idle_connections,
             backlog_messages: plan.backlog_messages,
+            declare_queues: plan.declare_queues,
             data_dir: target.data_dir.clone(),
             prefix: format!("dispatch-bench.{}.{index}", std::process::id()),
         };
