@@ -1,6 +1,8 @@
-//! A full disk: the store cannot write, so publishes waiting on it are nacked and the
-//! failure is logged, and the broker keeps serving. The data dir is a 1 MiB tmpfs, which
-//! needs root (CI runs as root); elsewhere the test says why it skips.
+//! A filling disk. Below `--disk-free-limit`, publishing connections are blocked
+//! (`connection.blocked`) until space is freed, as RabbitMQ does. With the limit off, a
+//! full disk makes the store's writes fail: publishes waiting on them are nacked, the
+//! failure is logged, and the broker keeps serving. The data dir is a small tmpfs, which
+//! needs root (CI runs as root); elsewhere the tests say why they skip.
 
 mod support;
 
@@ -10,15 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use support::*;
 
-const TEST: &str = "a_full_disk_nacks_persistent_publishes_and_the_broker_keeps_serving";
-
 /// A tmpfs mounted over a directory for the length of a test.
 struct TinyDisk(PathBuf);
 
 impl TinyDisk {
-    fn mount(dir: &Path) -> TinyDisk {
+    fn mount(dir: &Path, size: &str) -> TinyDisk {
         let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(dir)
             .status()
             .expect("run mount");
@@ -41,22 +41,97 @@ fn running_as_root() -> bool {
     })
 }
 
+/// Whether `test` can run here; says why not (and fails under `CI=true`) otherwise.
+fn can_mount(test: &str) -> bool {
+    if running_as_root() {
+        return true;
+    }
+    let note = format!("SKIPPED {test}: mounting a small tmpfs needs root");
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{note} (CI=true)"
+    );
+    eprintln!("{note}");
+    false
+}
+
 #[tokio::test]
-async fn a_full_disk_nacks_persistent_publishes_and_the_broker_keeps_serving() {
-    if !running_as_root() {
-        let note = format!("SKIPPED {TEST}: mounting a small tmpfs needs root");
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{note} (CI=true)"
-        );
-        eprintln!("{note}");
+async fn publishers_are_blocked_below_the_disk_free_limit_until_space_is_freed() {
+    const TEST: &str = "publishers_are_blocked_below_the_disk_free_limit_until_space_is_freed";
+    if !can_mount(TEST) {
         return;
     }
-    let Some(mut broker) = TestBroker::start_process(TEST, &[]).await else {
+    let Some(mut broker) = TestBroker::start_process(TEST, &["--disk-free-limit", "8MiB"]).await
+    else {
         return;
     };
     broker.stop().await;
-    let _disk = TinyDisk::mount(&broker.data_dir());
+    let _disk = TinyDisk::mount(&broker.data_dir(), "16m");
+    // Leave less than the limit free.
+    let ballast = broker.data_dir().join("ballast");
+    std::fs::write(&ballast, vec![0u8; 12 << 20]).expect("write the ballast file");
+    broker.restart().await;
+
+    let publisher = connect(&broker).await;
+    let ch = confirm_channel(&publisher).await;
+    let name = unique("disk-alarm");
+    declare_queue_with(
+        &ch,
+        &name,
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+    )
+    .await;
+    let confirm = timeout(ch.basic_publish(
+        "".into(),
+        name.as_str().into(),
+        BasicPublishOptions::default(),
+        b"waits for space",
+        BasicProperties::default().with_delivery_mode(2),
+    ))
+    .await
+    .expect("basic.publish");
+    eventually("the publisher is told it is blocked", || async {
+        publisher.status().blocked()
+    })
+    .await;
+    let other = connect(&broker).await;
+    assert_eq!(
+        queue_exists(&other, &name).await.expect("queue"),
+        0,
+        "nothing is read from a blocked publisher"
+    );
+    assert!(
+        broker.log().contains("disk alarm"),
+        "the alarm is logged; stderr:\n{}",
+        broker.log()
+    );
+
+    std::fs::remove_file(&ballast).expect("remove the ballast file");
+    assert!(
+        timeout(confirm).await.expect("a confirm").is_ack(),
+        "the publish goes through once space is freed"
+    );
+    assert!(!publisher.status().blocked());
+    assert_eq!(queue_exists(&other, &name).await.expect("queue"), 1);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_disk_nacks_persistent_publishes_and_the_broker_keeps_serving() {
+    const TEST: &str = "a_full_disk_nacks_persistent_publishes_and_the_broker_keeps_serving";
+    if !can_mount(TEST) {
+        return;
+    }
+    // The disk alarm would block the publisher first: this test is about writes failing.
+    let Some(mut broker) = TestBroker::start_process(TEST, &["--disk-free-limit", "0"]).await
+    else {
+        return;
+    };
+    broker.stop().await;
+    let _disk = TinyDisk::mount(&broker.data_dir(), "1m");
     broker.restart().await;
 
     let conn = connect(&broker).await;

@@ -6,7 +6,7 @@ use crate::sessions::Sessions;
 use crate::store::Store;
 use crate::vhost::Vhost;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// One running broker: its settings and its vhost.
 #[derive(Debug)]
@@ -19,6 +19,8 @@ pub struct Broker {
     /// Open connections by user, for [`Broker::close_connections_of`].
     pub(crate) sessions: Sessions,
     next_connection: AtomicU64,
+    /// Free disk space is below `config.disk_free_limit` ([`crate::disk_alarm`]).
+    disk_alarm: AtomicBool,
 }
 
 impl Broker {
@@ -38,7 +40,9 @@ impl Broker {
             vhost: Vhost::new(store),
             sessions: Sessions::default(),
             next_connection: AtomicU64::new(1),
+            disk_alarm: AtomicBool::new(false),
         })
+        .inspect(crate::disk_alarm::check)
     }
 
     /// Writes what the store has queued and stops it; called once no client remains.
@@ -46,9 +50,21 @@ impl Broker {
         self.vhost.close_store();
     }
 
-    /// Messages in memory exceed the configured limit: publishers must wait.
-    pub fn memory_alarm(&self) -> bool {
-        crate::message::bytes_in_memory() > self.config.memory_limit
+    /// Why publishers must wait, if they must: messages in memory above the configured
+    /// limit, or free disk space below it.
+    pub fn alarm(&self) -> Option<&'static str> {
+        if crate::message::bytes_in_memory() > self.config.memory_limit {
+            Some("low on memory")
+        } else if self.disk_alarm.load(Ordering::Relaxed) {
+            Some("low on disk space")
+        } else {
+            None
+        }
+    }
+
+    /// Sets the disk alarm; returns whether it was set before.
+    pub(crate) fn set_disk_alarm(&self, on: bool) -> bool {
+        self.disk_alarm.swap(on, Ordering::Relaxed)
     }
 
     /// Closes every connection authenticated as `user` (by key: the id its proof names;

@@ -37,6 +37,10 @@ pub struct Args {
     /// (default: 40% of physical memory).
     #[arg(long)]
     pub memory_limit: Option<usize>,
+    /// Free disk space under --data-dir below which publishers are blocked until space is
+    /// freed, e.g. 50MB or 2GiB (0 turns the check off).
+    #[arg(long, default_value = "50MB", value_parser = crate::config::parse_size)]
+    pub disk_free_limit: u64,
     /// Heartbeat interval proposed to clients, in seconds (0 disables).
     #[arg(long, default_value_t = DEFAULT_HEARTBEAT_SECS)]
     pub heartbeat: u16,
@@ -87,6 +91,7 @@ impl Args {
             memory_limit: self
                 .memory_limit
                 .unwrap_or_else(crate::config::default_memory_limit),
+            disk_free_limit: self.disk_free_limit,
             ..BrokerConfig::default()
         }
     }

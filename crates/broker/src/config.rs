@@ -35,8 +35,13 @@ pub const QUEUE_MEMORY_HEAD: usize = 2048;
 pub const MEMORY_HIGH_WATERMARK: f64 = 0.4;
 /// Used when physical memory cannot be read.
 pub const FALLBACK_MEMORY_LIMIT: usize = 1 << 30;
-/// How often a blocked publisher checks whether memory has been freed.
-pub const MEMORY_ALARM_POLL: Duration = Duration::from_millis(20);
+/// How often a blocked publisher checks whether its alarm (memory, disk) has cleared.
+pub const ALARM_POLL: Duration = Duration::from_millis(20);
+/// Free space under the data directory below which publishers are blocked (RabbitMQ's
+/// default `disk_free_limit`).
+pub const DEFAULT_DISK_FREE_LIMIT: u64 = 50_000_000;
+/// How often free disk space is checked.
+pub const DISK_FREE_POLL: Duration = Duration::from_secs(1);
 
 /// The default memory limit: [`MEMORY_HIGH_WATERMARK`] of physical memory.
 pub fn default_memory_limit() -> usize {
@@ -49,6 +54,34 @@ pub fn default_memory_limit() -> usize {
     total_kib.map_or(FALLBACK_MEMORY_LIMIT, |kib| {
         (kib as f64 * 1024.0 * MEMORY_HIGH_WATERMARK) as usize
     })
+}
+
+/// Parses a size in bytes: a number, optionally followed by kB, MB, GB (powers of 1000)
+/// or KiB, MiB, GiB (powers of 1024), as in `50MB`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let digits = s.trim().trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &s.trim()[digits.len()..];
+    let scale: u64 = match unit {
+        "" | "B" => 1,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {s:?}; use B, kB, MB, GB, KiB, MiB or GiB"
+            ));
+        }
+    };
+    let number: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a size such as 50MB or 1073741824, got {s:?}"))?;
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// A user of the PLAIN and AMQPLAIN mechanisms.
@@ -89,8 +122,11 @@ pub struct BrokerConfig {
     /// Bytes of messages held in memory above which publishing connections are blocked
     /// (`connection.blocked`) until consumers or paging bring it back down.
     pub memory_limit: usize,
-    /// Where durable state will live (used by the store once durability lands).
+    /// Where durable state lives; `None` keeps everything in memory.
     pub data_dir: Option<PathBuf>,
+    /// Free bytes under `data_dir` below which publishing connections are blocked until
+    /// space is freed; 0 turns the check off.
+    pub disk_free_limit: u64,
 }
 
 impl Default for BrokerConfig {
@@ -105,6 +141,27 @@ impl Default for BrokerConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             memory_limit: default_memory_limit(),
             data_dir: None,
+            disk_free_limit: DEFAULT_DISK_FREE_LIMIT,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_read_with_their_units() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("50MB"), Ok(50_000_000));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("512 kB"), Ok(512_000));
+        assert!(parse_size("50XB").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("MB").is_err());
+        assert!(
+            parse_size("99999999999GiB")
+                .unwrap_err()
+                .contains("too large")
+        );
     }
 }

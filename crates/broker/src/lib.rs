@@ -14,6 +14,7 @@
 //! - [`vhost`]: exchanges, queues, consumers and deliveries behind one lock, with
 //!   routing in [`exchange`] and queue contents and length limits in [`queue`];
 //! - [`store`]: durable topology and persistent messages on disk (group commit);
+//!   [`disk_alarm`] blocks publishers before the disk fills;
 //! - [`arguments`]: the `x-` queue arguments, validated; [`expiry`]: TTLs, `x-expires`
 //!   and the timer task; [`deadletter`]: the dead-lettered copy and its `x-death`;
 //! - [`codec`]: frames, the hand-parsed hot path and `amq-protocol` for the rest;
@@ -31,6 +32,7 @@ pub mod config;
 pub mod confirm;
 pub mod connection;
 pub mod deadletter;
+pub mod disk_alarm;
 pub mod error;
 pub mod exchange;
 pub mod expiry;

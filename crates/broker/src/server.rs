@@ -22,6 +22,7 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: impl Fu
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(crate::expiry::run(broker.clone(), stop.child_token()));
+    tasks.spawn(crate::disk_alarm::run(broker.clone(), stop.child_token()));
     tasks.spawn(crate::vhost::relocation::run(
         broker.clone(),
         stop.child_token(),

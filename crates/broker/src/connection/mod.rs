@@ -18,7 +18,7 @@ use crate::channel::ChannelState;
 use crate::codec::frame::{RawFrame, next_frame, starts_with_publish};
 use crate::codec::method::{method_ids, parse_method, put_method};
 use crate::codec::{FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD};
-use crate::config::{CLOSE_TIMEOUT, HANDSHAKE_TIMEOUT, MEMORY_ALARM_POLL, OUTBOX_HIGH_WATER};
+use crate::config::{ALARM_POLL, CLOSE_TIMEOUT, HANDSHAKE_TIMEOUT, OUTBOX_HIGH_WATER};
 use crate::error::{AmqpError, code};
 use crate::outbox::{Outbox, batch};
 use crate::queue::ConnId;
@@ -42,7 +42,8 @@ const READ_BUFFER: usize = 4096;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Flow {
     Continue,
-    /// A publish is next while the memory alarm is on: read nothing more until it clears.
+    /// A publish is next while an alarm (memory, disk) is on: read nothing more until it
+    /// clears.
     Blocked,
     /// A reply waits for a durable topology change to reach the disk: handle nothing more
     /// until it is sent.
@@ -165,7 +166,7 @@ impl Connection {
             match batch(|| self.handle_buffered_frames(&mut rbuf)) {
                 Flow::Done => return,
                 Flow::Blocked => {
-                    self.wait_out_memory_alarm(stop).await;
+                    self.wait_out_alarm(stop).await;
                     continue;
                 }
                 Flow::Held => {
@@ -207,30 +208,31 @@ impl Connection {
         }
     }
 
-    /// Stops reading from a publisher (a connection about to publish) until memory is
-    /// back under the limit, as RabbitMQ does; others keep flowing. Tells
-    /// clients that understand it with `connection.blocked` / `unblocked`.
-    async fn wait_out_memory_alarm(&mut self, stop: &Stop) {
-        tracing::info!(
-            conn = self.id,
-            "memory alarm: blocking a publishing connection"
-        );
+    /// Stops reading from a publisher (a connection about to publish) until the broker's
+    /// alarm (memory above its limit, disk below its free limit) clears, as RabbitMQ
+    /// does; others keep flowing. Tells clients that understand it with
+    /// `connection.blocked` / `unblocked`.
+    async fn wait_out_alarm(&mut self, stop: &Stop) {
+        let Some(reason) = self.broker.alarm() else {
+            return;
+        };
+        tracing::info!(conn = self.id, "{reason}: blocking a publishing connection");
         let notify = self.tuning.blocked_notify;
         if notify {
             self.send(
                 0,
                 &AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
-                    reason: "low on memory".into(),
+                    reason: reason.into(),
                 })),
             );
         }
-        while self.broker.memory_alarm() {
+        while self.broker.alarm().is_some() {
             tokio::select! {
                 () = stop.cancelled() => {
                     self.forced_close(stop);
                     return;
                 }
-                () = tokio::time::sleep(MEMORY_ALARM_POLL) => {}
+                () = tokio::time::sleep(ALARM_POLL) => {}
             }
         }
         if notify {
@@ -274,7 +276,7 @@ impl Connection {
     /// Handles every complete frame in the read buffer, as one outbox batch.
     fn handle_buffered_frames(&mut self, rbuf: &mut BytesMut) -> Flow {
         loop {
-            if !self.closing && starts_with_publish(rbuf) && self.broker.memory_alarm() {
+            if !self.closing && starts_with_publish(rbuf) && self.broker.alarm().is_some() {
                 return Flow::Blocked;
             }
             match next_frame(rbuf, self.tuning.frame_max) {
