@@ -15,10 +15,10 @@
 //! All writes happen under the outbox lock, so frames never interleave. Bytes still
 //! queued may be rewritten by a later push ([`Outbox::push_tracked`]): publisher
 //! confirms widen the `basic.ack` they left at the end into one ack of many tags.
-//! The outbox is
-//! bounded: above [`OUTBOX_HIGH_WATER`] deliveries to the connection pause (the outbox
-//! remembers it was *starved*) and the connection stops reading its own socket, until
-//! the writer has drained it.
+//!
+//! The outbox is bounded: above [`OUTBOX_HIGH_WATER`] deliveries to the connection pause
+//! (the outbox remembers it was *starved*) and the connection stops reading its own
+//! socket, until the writer has drained it.
 //!
 //! [`OUTBOX_HIGH_WATER`]: crate::config::OUTBOX_HIGH_WATER
 
