@@ -116,3 +116,99 @@ impl Confirm {
         self.sink.complete(self.tag, ok);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amq_protocol::frame::{AMQPFrame, parse_frame};
+    use amq_protocol::protocol::{AMQPClass, basic};
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    async fn within<F: std::future::Future>(fut: F) -> F::Output {
+        tokio::time::timeout(std::time::Duration::from_secs(5), fut)
+            .await
+            .expect("a local socket answers within 5 s")
+    }
+
+    /// An outbox on a real socket, and the peer that reads it.
+    async fn outbox() -> (Arc<Outbox>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = within(TcpStream::connect(listener.local_addr().unwrap()))
+            .await
+            .unwrap();
+        let (server, _) = within(listener.accept()).await.unwrap();
+        let (_, writer) = server.into_split();
+        (Arc::new(Outbox::new(writer, 1 << 20)), client)
+    }
+
+    /// Writes what is queued and reads it back as (ack?, tag, multiple) per frame.
+    async fn sent(outbox: &Outbox, peer: &mut TcpStream) -> Vec<(bool, u64, bool)> {
+        let before = outbox.written();
+        within(outbox.drain()).await.unwrap();
+        let mut bytes = vec![0; (outbox.written() - before) as usize];
+        within(peer.read_exact(&mut bytes)).await.unwrap();
+        let mut rest = &bytes[..];
+        let mut frames = Vec::new();
+        while !rest.is_empty() {
+            let (more, frame) = parse_frame(rest).unwrap();
+            rest = more;
+            frames.push(match frame {
+                AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(a))) => {
+                    (true, a.delivery_tag, a.multiple)
+                }
+                AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Nack(n))) => {
+                    (false, n.delivery_tag, n.multiple)
+                }
+                other => panic!("not a confirm: {other:?}"),
+            });
+        }
+        frames
+    }
+
+    #[tokio::test]
+    async fn acks_merge_only_over_completed_tags_and_only_while_unwritten() {
+        let (outbox, mut peer) = outbox().await;
+        let sink = ConfirmSink::new(outbox.clone(), 1);
+        sink.complete(2, true); // 1 still waits (for the disk): a single ack
+        sink.complete(3, true); // 1 still waits: 3 may not cover it
+        sink.complete(1, true); // now 1..=3 are done: the ack of 3 covers 1 too
+        sink.complete(4, false); // a nack is its own frame
+        sink.complete(5, true); // after a nack: a new ack
+        sink.complete(6, true); // merged into it
+        assert_eq!(
+            sent(&outbox, &mut peer).await,
+            [
+                (true, 2, false),
+                (true, 3, true),
+                (false, 4, false),
+                (true, 6, true)
+            ]
+        );
+        // The ack of 6 is on the wire: 7 gets a frame of its own.
+        sink.complete(7, true);
+        assert_eq!(sent(&outbox, &mut peer).await, [(true, 7, false)]);
+        // Another frame behind the last ack: no merge across it.
+        sink.complete(8, true);
+        outbox.push(|buf| put_nack(buf, 1, 99, false));
+        sink.complete(9, true);
+        assert_eq!(
+            sent(&outbox, &mut peer).await,
+            [(true, 8, false), (false, 99, false), (true, 9, false)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closed_sink_sends_nothing() {
+        let (outbox, mut peer) = outbox().await;
+        let sink = ConfirmSink::new(outbox.clone(), 1);
+        sink.complete(1, true);
+        sink.close();
+        sink.complete(2, true);
+        outbox.push(|buf| put_ack(buf, 1, 42, false));
+        assert_eq!(
+            sent(&outbox, &mut peer).await,
+            [(true, 1, false), (true, 42, false)]
+        );
+    }
+}
