@@ -26,6 +26,11 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// own frames stop being read, until the socket drains.
 pub const OUTBOX_HIGH_WATER: usize = 1024 * 1024;
 
+/// Publisher confirms of one channel remembered as completed ahead of an earlier one
+/// still waiting (for the disk); beyond it, that channel's acks are no longer merged
+/// into `multiple` acks (see [`crate::confirm`]).
+pub const CONFIRM_REORDER_LIMIT: usize = 65_536;
+
 /// Messages a persisted queue keeps in memory at its head; the rest of a backlog is
 /// paged out to the message log (see [`crate::queue`]).
 pub const QUEUE_MEMORY_HEAD: usize = 2048;

@@ -12,10 +12,13 @@
 //!   writer task (`connection::writer`) finishes it when the socket is writable. Bytes
 //!   pushed outside a batch also wake the writer.
 //!
-//! All writes happen under the outbox lock, so frames never interleave. The outbox is
-//! bounded: above [`OUTBOX_HIGH_WATER`] deliveries to the connection pause (the outbox
-//! remembers it was *starved*) and the connection stops reading its own socket, until
-//! the writer has drained it.
+//! All writes happen under the outbox lock, so frames never interleave. Bytes still
+//! queued may be rewritten by a later push ([`Outbox::push_tracked`]): publisher
+//! confirms widen the `basic.ack` they left at the end into one ack of many tags.
+//!
+//! The outbox is bounded: above [`OUTBOX_HIGH_WATER`] deliveries to the connection pause
+//! (the outbox remembers it was *starved*) and the connection stops reading its own
+//! socket, until the writer has drained it.
 //!
 //! [`OUTBOX_HIGH_WATER`]: crate::config::OUTBOX_HIGH_WATER
 
@@ -71,11 +74,13 @@ impl Drop for BatchEnd {
     }
 }
 
-/// Bytes not yet written: `data[start..]`.
+/// Bytes not yet written: `data[start..]`, which begins at byte `offset` of the
+/// connection's output stream.
 #[derive(Debug, Default)]
 struct Pending {
     data: Vec<u8>,
     start: usize,
+    offset: u64,
 }
 
 impl Pending {
@@ -90,6 +95,7 @@ impl Pending {
     /// Marks `n` bytes as written.
     fn consume(&mut self, n: usize) {
         self.start += n;
+        self.offset += n as u64;
         if self.start == self.data.len() {
             self.data.clear();
             self.start = 0;
@@ -100,6 +106,33 @@ impl Pending {
             self.data.drain(..self.start);
             self.start = 0;
         }
+    }
+}
+
+/// The queued output as [`Outbox::push_tracked`] shows it: the buffer to append to, and
+/// positions in the connection's output stream (bytes since it opened).
+#[derive(Debug)]
+pub struct Tail<'a> {
+    pending: &'a mut Pending,
+}
+
+impl Tail<'_> {
+    /// The buffer; frames are appended at its end.
+    pub fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.pending.data
+    }
+
+    /// The stream position where the next appended byte goes.
+    pub fn end(&self) -> u64 {
+        self.pending.offset + self.pending.len() as u64
+    }
+
+    /// The bytes from stream position `at` to the end, if none of them has been
+    /// written yet (not even partly); they may be rewritten in place.
+    pub fn unwritten_from(&mut self, at: u64) -> Option<&mut [u8]> {
+        let skip = usize::try_from(at.checked_sub(self.pending.offset)?).ok()?;
+        let from = self.pending.start.checked_add(skip)?;
+        self.pending.data.get_mut(from..)
     }
 }
 
@@ -143,9 +176,15 @@ impl Outbox {
     /// Appends frames produced by `encode`; they are written when the current batch
     /// ends, or by the writer task when there is no batch.
     pub fn push(self: &Arc<Self>, encode: impl FnOnce(&mut Vec<u8>)) {
+        self.push_tracked(|tail| encode(tail.buf()));
+    }
+
+    /// Like [`Outbox::push`], for frames that a later push may rewrite while they are
+    /// still queued: `encode` sees the stream positions of what is queued ([`Tail`]).
+    pub fn push_tracked(self: &Arc<Self>, encode: impl FnOnce(&mut Tail<'_>)) {
         let mut buf = self.lock();
         let was_empty = buf.is_empty();
-        encode(&mut buf.data);
+        encode(&mut Tail { pending: &mut buf });
         self.len.store(buf.len(), Ordering::Release);
         drop(buf);
         if was_empty {
@@ -255,5 +294,39 @@ impl Outbox {
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_bytes_not_yet_written_can_be_rewritten() {
+        let mut pending = Pending::default();
+        pending.data.extend_from_slice(b"abcdef");
+        let mut tail = Tail {
+            pending: &mut pending,
+        };
+        assert_eq!(tail.end(), 6);
+        assert_eq!(tail.unwritten_from(4).map(|b| &*b), Some(&b"ef"[..]));
+        pending.consume(2);
+        let mut tail = Tail {
+            pending: &mut pending,
+        };
+        assert_eq!(tail.end(), 6, "writing does not move the end");
+        assert!(tail.unwritten_from(1).is_none(), "byte 1 is on the wire");
+        assert_eq!(tail.unwritten_from(2).map(|b| &*b), Some(&b"cdef"[..]));
+        // Written past the middle: the buffer is compacted, positions stay the same.
+        pending.consume(3);
+        pending.data.extend_from_slice(b"gh");
+        let mut tail = Tail {
+            pending: &mut pending,
+        };
+        assert_eq!(tail.end(), 8);
+        assert!(tail.unwritten_from(4).is_none());
+        assert_eq!(tail.unwritten_from(5).map(|b| &*b), Some(&b"fgh"[..]));
+        assert_eq!(tail.unwritten_from(8).map(|b| &*b), Some(&b""[..]));
+        assert!(tail.unwritten_from(9).is_none(), "past the end");
     }
 }

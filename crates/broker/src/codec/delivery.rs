@@ -1,6 +1,7 @@
 //! `basic.deliver`, `basic.get-ok` and `basic.return`, written by hand, each followed by
 //! the message's stored content header and its body cut into frames of at most the
-//! peer's `frame_max − 8` bytes.
+//! peer's `frame_max − 8` bytes; and the publisher confirms `basic.ack`/`basic.nack`,
+//! whose queued `basic.ack` frame [`extend_ack`] can widen in place.
 
 use super::frame::put_frame;
 use super::wire::put_short_str;
@@ -108,6 +109,21 @@ pub fn put_ack(out: &mut Vec<u8>, channel: u16, delivery_tag: u64, multiple: boo
     });
 }
 
+/// Bytes of the frame [`put_ack`] writes: frame header (7), class and method ids (4),
+/// delivery tag (8), `multiple` (1), frame end (1).
+pub const ACK_FRAME_LEN: usize = 21;
+
+/// Where the delivery tag starts in an ack frame; `multiple` follows it.
+const ACK_TAG_AT: usize = 11;
+
+/// Rewrites an ack frame written by [`put_ack`] (`frame`, exactly [`ACK_FRAME_LEN`]
+/// bytes) into `basic.ack` of every tag up to `delivery_tag` (`multiple = true`).
+pub fn extend_ack(frame: &mut [u8], delivery_tag: u64) {
+    debug_assert_eq!(frame.len(), ACK_FRAME_LEN);
+    frame[ACK_TAG_AT..ACK_TAG_AT + 8].copy_from_slice(&delivery_tag.to_be_bytes());
+    frame[ACK_TAG_AT + 8] = 1;
+}
+
 /// `basic.nack` from the broker: a negative publisher confirm (the message was refused,
 /// e.g. by a full queue with `x-overflow = reject-publish`).
 pub fn put_nack(out: &mut Vec<u8>, channel: u16, delivery_tag: u64, multiple: bool) {
@@ -136,6 +152,26 @@ mod tests {
     use super::*;
     use amq_protocol::frame::{AMQPFrame, parse_frame};
     use amq_protocol::protocol::{AMQPClass, basic};
+
+    #[test]
+    fn an_extended_ack_parses_back_as_a_multiple_ack_of_the_new_tag() {
+        let mut out = vec![0xAB]; // a byte of an earlier frame
+        put_ack(&mut out, 3, 41, false);
+        assert_eq!(out.len(), 1 + ACK_FRAME_LEN);
+        let (_, frame) = parse_frame(&out[1..]).unwrap();
+        let AMQPFrame::Method(3, AMQPClass::Basic(basic::AMQPMethod::Ack(ack))) = frame else {
+            panic!("not an ack: {frame:?}");
+        };
+        assert_eq!((ack.delivery_tag, ack.multiple), (41, false));
+        extend_ack(&mut out[1..], 45);
+        let (rest, frame) = parse_frame(&out[1..]).unwrap();
+        assert!(rest.is_empty());
+        let AMQPFrame::Method(3, AMQPClass::Basic(basic::AMQPMethod::Ack(ack))) = frame else {
+            panic!("not an ack: {frame:?}");
+        };
+        assert_eq!((ack.delivery_tag, ack.multiple), (45, true));
+        assert_eq!(out[0], 0xAB);
+    }
 
     #[test]
     fn deliver_parses_back_with_amq_protocol_and_the_body_is_split() {
