@@ -296,6 +296,7 @@ async fn topology_changes_answered_before_a_kill_9_survive_it() {
     let auto_deleted = unique("auto-deleted");
     let emptied_by = unique("last-bound");
     let deleted = unique("deleted");
+    let auto_queue = unique("auto-delete");
     declare_exchange_with(&ch, &exchange, ExchangeKind::Topic, true).await;
     declare_durable_queue(&ch, &queue).await;
     bind(&ch, &queue, &exchange, "minion.web.#").await;
@@ -321,6 +322,21 @@ async fn topology_changes_answered_before_a_kill_9_survive_it() {
     timeout(ch.queue_delete(deleted.as_str().into(), QueueDeleteOptions::default()))
         .await
         .expect("queue.delete");
+    // A durable auto-delete queue goes with its last consumer's cancel.
+    declare_queue_with(
+        &ch,
+        &auto_queue,
+        QueueDeclareOptions {
+            durable: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        },
+    )
+    .await;
+    let consumer = consume(&ch, &auto_queue, BasicConsumeOptions::default()).await;
+    timeout(ch.basic_cancel(consumer.tag(), BasicCancelOptions::default()))
+        .await
+        .expect("basic.cancel");
 
     broker.kill().await;
     let conn = restart(&mut broker).await;
@@ -334,6 +350,7 @@ async fn topology_changes_answered_before_a_kill_9_survive_it() {
     assert_amqp_error(exchange_exists(&conn, &auto_deleted).await, 404);
     assert_amqp_error(queue_exists(&conn, &emptied_by).await, 404);
     assert_amqp_error(queue_exists(&conn, &deleted).await, 404);
+    assert_amqp_error(queue_exists(&conn, &auto_queue).await, 404);
     let ch = confirm_channel(&conn).await;
     let routed = publish_mandatory(&ch, &exchange, "minion.web.01", b"uptime").await;
     assert!(

@@ -62,9 +62,10 @@ impl Connection {
                     .lock()
                     .cancel(key, m.consumer_tag.as_str());
                 if !m.nowait {
-                    self.send(
+                    // Cancelling the last consumer deletes an auto-delete queue.
+                    self.reply_when_durable(
                         ch,
-                        &AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                        AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
                             consumer_tag: m.consumer_tag,
                         })),
                     );
