@@ -855,10 +855,15 @@ async fn long_lived_messages_do_not_pin_the_message_log() {
     let conn = connect(&broker).await;
     let ch = confirm_channel(&conn).await;
     let (away, busy) = (unique("minion-away"), unique("busy"));
+    let both = unique("both");
     declare_durable_queue(&ch, &away).await;
     declare_durable_queue(&ch, &busy).await;
+    declare_exchange_with(&ch, &both, ExchangeKind::Fanout, true).await;
+    bind(&ch, &away, &both, "").await;
+    bind(&ch, &busy, &both, "").await;
     publish_with(&ch, "", &away, b"delivered, not acked", persistent()).await;
-    publish_with(&ch, "", &away, b"waiting", persistent()).await;
+    // Stored once for two queues; acked on one, so only the other keeps it.
+    publish_with(&ch, &both, "", b"waiting", persistent()).await;
     let holder = channel(&conn).await;
     timeout(holder.basic_qos(1, BasicQosOptions::default()))
         .await
@@ -874,6 +879,11 @@ async fn long_lived_messages_do_not_pin_the_message_log() {
         .await
         .expect("basic.qos");
     let mut consumer = consume(&consumer_ch, &busy, BasicConsumeOptions::default()).await;
+    let copy = next_delivery(&mut consumer).await;
+    assert_eq!(body(&copy), "waiting");
+    timeout(consumer_ch.basic_ack(copy.delivery_tag, BasicAckOptions::default()))
+        .await
+        .expect("basic.ack");
     let traffic = vec![b't'; BODY];
     for sent in (0..messages).step_by(WINDOW as usize) {
         let window = WINDOW.min(messages - sent);
