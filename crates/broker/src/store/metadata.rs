@@ -57,18 +57,17 @@ pub struct MetadataLog {
 impl MetadataLog {
     /// Starts the log in `dir` from `topology` (what loading gave), compacted.
     pub fn open(dir: &Path, topology: Topology) -> std::io::Result<MetadataLog> {
-        let mut log = MetadataLog {
+        let (file, len) = write_snapshot(dir, &topology)?;
+        Ok(MetadataLog {
             dir: dir.to_owned(),
-            file: File::open(dir)?, // replaced by the compaction below
+            file,
             topology,
-            len: 0,
-            compacted_len: 0,
+            len,
+            compacted_len: len,
             buf: Vec::new(),
-            written: 0,
+            written: len,
             stale: false,
-        };
-        log.compact()?;
-        Ok(log)
+        })
     }
 
     /// Appends `change`; it is written by the next [`MetadataLog::commit`].
@@ -113,22 +112,11 @@ impl MetadataLog {
 
     /// Rewrites the file as a snapshot of the current topology.
     fn compact(&mut self) -> std::io::Result<()> {
-        let mut bytes = MAGIC.to_vec();
-        for change in self.topology.snapshot() {
-            put_record(&mut bytes, &change);
-        }
-        let tmp = self.dir.join(format!("{METADATA_FILE}.tmp"));
-        let mut file = File::create(&tmp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, self.dir.join(METADATA_FILE))?;
-        File::open(&self.dir)?.sync_all()?;
-        self.file = OpenOptions::new()
-            .append(true)
-            .open(self.dir.join(METADATA_FILE))?;
-        self.len = bytes.len() as u64;
-        self.compacted_len = self.len;
-        self.written += self.len;
+        let (file, len) = write_snapshot(&self.dir, &self.topology)?;
+        self.file = file;
+        self.len = len;
+        self.compacted_len = len;
+        self.written += len;
         Ok(())
     }
 
@@ -136,6 +124,25 @@ impl MetadataLog {
     pub fn written(&self) -> u64 {
         self.written
     }
+}
+
+/// Replaces the file in `dir` with a snapshot of `topology` (atomically, see the module
+/// doc); returns it open for appending, and its length.
+fn write_snapshot(dir: &Path, topology: &Topology) -> std::io::Result<(File, u64)> {
+    let mut bytes = MAGIC.to_vec();
+    for change in topology.snapshot() {
+        put_record(&mut bytes, &change);
+    }
+    let tmp = dir.join(format!("{METADATA_FILE}.tmp"));
+    let mut file = File::create(&tmp)?;
+    file.write_all(&bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join(METADATA_FILE))?;
+    File::open(dir)?.sync_all()?;
+    let file = OpenOptions::new()
+        .append(true)
+        .open(dir.join(METADATA_FILE))?;
+    Ok((file, bytes.len() as u64))
 }
 
 /// Reads the metadata in `dir`. A missing file is an empty topology; a damaged tail is
