@@ -7,11 +7,13 @@
 //! flag is read under the outbox lock when the confirm is written.
 //!
 //! **Coalescing.** Confirms complete in bursts (every publish of one read, every message
-//! of one fsync). When an ack finds the `basic.ack` its sink wrote last still at the
-//! end of the outbox, unwritten, and every tag up to both has completed, it widens that
-//! frame into one `basic.ack` with `multiple = true` instead of adding a frame: the
-//! client sees one frame, and each tag is still confirmed exactly once, never before it
-//! completed. A nack, or any other frame queued in between, ends the run (so a
+//! of one fsync). When the ack of tag `n` finds the `basic.ack` its sink wrote last still
+//! at the end of the outbox, unwritten, for tag `n - 1`, and every tag below `n` was
+//! already confirmed, it widens that frame to `n` with `multiple = true` instead of
+//! adding a frame. Only such an in-order run is merged, so a multiple ack never covers a
+//! tag that was confirmed on its own (a nack above all: clients would take it for an ack)
+//! and never one that has not completed; the client sees one frame where it would have
+//! seen several. A nack, or any other frame queued in between, ends the run (so a
 //! `basic.return` still precedes the ack of its message).
 
 use crate::codec::delivery::{ACK_FRAME_LEN, extend_ack, put_ack, put_nack};
@@ -50,11 +52,16 @@ impl Completed {
             while self.ahead.remove(&(self.through + 1)) {
                 self.through += 1;
             }
-        } else if tag > self.through && self.ahead.len() < CONFIRM_REORDER_LIMIT {
-            self.ahead.insert(tag);
+        } else if tag > self.through {
+            if self.ahead.len() == CONFIRM_REORDER_LIMIT {
+                // Too many out of order to track: forget them. `through` then stays
+                // below them for good, so acks on this channel are no longer merged,
+                // which is safe, and the memory is given back.
+                self.ahead.clear();
+            } else {
+                self.ahead.insert(tag);
+            }
         }
-        // Past the limit `through` stops short of the forgotten tag: acks are no longer
-        // coalesced on this channel, which is safe.
     }
 }
 
@@ -81,22 +88,22 @@ impl ConfirmSink {
                 return;
             }
             let mut completed = self.completed.lock().unwrap_or_else(|e| e.into_inner());
+            let in_order = completed.through + 1 == tag;
             completed.record(tag);
             if !ok {
+                completed.last_ack = None;
                 put_nack(tail.buf(), self.channel, tag, false);
                 return;
             }
-            if let Some((at, last)) = completed.last_ack {
-                let upto = last.max(tag);
-                let at_end = at + ACK_FRAME_LEN as u64 == tail.end();
-                if at_end
-                    && completed.through >= upto
-                    && let Some(frame) = tail.unwritten_from(at)
-                {
-                    extend_ack(frame, upto);
-                    completed.last_ack = Some((at, upto));
-                    return;
-                }
+            if let Some((at, last)) = completed.last_ack
+                && in_order
+                && last + 1 == tag
+                && at + ACK_FRAME_LEN as u64 == tail.end()
+                && let Some(frame) = tail.unwritten_from(at)
+            {
+                extend_ack(frame, tag);
+                completed.last_ack = Some((at, tag));
+                return;
             }
             completed.last_ack = Some((tail.end(), tag));
             put_ack(tail.buf(), self.channel, tag, false);
@@ -172,15 +179,16 @@ mod tests {
         let sink = ConfirmSink::new(outbox.clone(), 1);
         sink.complete(2, true); // 1 still waits (for the disk): a single ack
         sink.complete(3, true); // 1 still waits: 3 may not cover it
-        sink.complete(1, true); // now 1..=3 are done: the ack of 3 covers 1 too
+        sink.complete(1, true); // out of order: 2 and 3 were confirmed on their own
         sink.complete(4, false); // a nack is its own frame
         sink.complete(5, true); // after a nack: a new ack
-        sink.complete(6, true); // merged into it
+        sink.complete(6, true); // in order, merged into it
         assert_eq!(
             sent(&outbox, &mut peer).await,
             [
                 (true, 2, false),
-                (true, 3, true),
+                (true, 3, false),
+                (true, 1, false),
                 (false, 4, false),
                 (true, 6, true)
             ]
@@ -195,6 +203,28 @@ mod tests {
         assert_eq!(
             sent(&outbox, &mut peer).await,
             [(true, 8, false), (false, 99, false), (true, 9, false)]
+        );
+    }
+
+    /// A nacked tag is never covered by a later multiple ack: clients that walk the
+    /// outstanding tags of a multiple ack would report it acked.
+    #[tokio::test]
+    async fn a_multiple_ack_never_covers_a_nacked_tag() {
+        let (outbox, mut peer) = outbox().await;
+        let sink = ConfirmSink::new(outbox.clone(), 1);
+        sink.complete(2, false); // refused at once while 1 waits for the disk
+        sink.complete(3, true);
+        sink.complete(1, true);
+        sink.complete(4, true); // 1..=3 confirmed: 4 starts an in-order run
+        sink.complete(5, true);
+        assert_eq!(
+            sent(&outbox, &mut peer).await,
+            [
+                (false, 2, false),
+                (true, 3, false),
+                (true, 1, false),
+                (true, 5, true)
+            ]
         );
     }
 
