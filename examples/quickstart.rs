@@ -149,6 +149,7 @@ impl Cluster {
             plain_users: Vec::new(),
             // The temp dir goes at the end anyway.
             keep_jobs: Duration::from_secs(3600),
+            disk_free_limit: dispatch_broker::config::DEFAULT_DISK_FREE_LIMIT,
         };
         let (master_stop, stop_rx) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = oneshot::channel::<Ready>();

@@ -42,7 +42,10 @@ impl Broker {
             next_connection: AtomicU64::new(1),
             disk_alarm: AtomicBool::new(false),
         })
-        .inspect(crate::disk_alarm::check)
+        .inspect(|broker| {
+            // Before any client connects; a failure is reported by the alarm's task.
+            let _ = crate::disk_alarm::check(broker);
+        })
     }
 
     /// Writes what the store has queued and stops it; called once no client remains.

@@ -16,19 +16,19 @@ fn free_bytes(dir: &Path) -> nix::Result<u64> {
     Ok(stat.blocks_available().saturating_mul(stat.fragment_size()))
 }
 
-/// Measures free space once and sets or clears the alarm, logging each change.
-pub fn check(broker: &Broker) {
+/// Measures free space once and sets or clears the alarm, logging each change. When
+/// free space cannot be read, the alarm is cleared (nothing is known to be low) and the
+/// error returned.
+pub fn check(broker: &Broker) -> nix::Result<()> {
     let limit = broker.config.disk_free_limit;
     let Some(dir) = broker.config.data_dir.as_deref().filter(|_| limit > 0) else {
-        return;
+        return Ok(());
     };
-    let free = match free_bytes(dir) {
-        Ok(free) => free,
-        Err(e) => {
-            tracing::warn!("cannot read the free space of {}: {e}", dir.display());
-            return;
+    let free = free_bytes(dir).inspect_err(|_| {
+        if broker.set_disk_alarm(false) {
+            tracing::info!("disk alarm cleared: free space cannot be read");
         }
-    };
+    })?;
     let low = free < limit;
     let was = broker.set_disk_alarm(low);
     if low && !was {
@@ -41,6 +41,23 @@ pub fn check(broker: &Broker) {
     } else if was && !low {
         tracing::info!(free, limit, "disk alarm cleared; publishers may go on");
     }
+    Ok(())
+}
+
+/// [`check`], saying once (until it works again) that free space cannot be read.
+fn check_and_report(broker: &Broker, failing: &mut bool) {
+    match check(broker) {
+        Ok(()) => *failing = false,
+        Err(e) if !*failing => {
+            *failing = true;
+            let dir = broker.config.data_dir.as_deref().unwrap_or(Path::new("?"));
+            tracing::warn!(
+                "cannot read the free space under {}: {e}; the disk alarm is off until it can",
+                dir.display()
+            );
+        }
+        Err(_) => {}
+    }
 }
 
 /// Checks every [`DISK_FREE_POLL`] until `stop` is cancelled.
@@ -48,10 +65,12 @@ pub async fn run(broker: Arc<Broker>, stop: CancellationToken) {
     if broker.config.data_dir.is_none() || broker.config.disk_free_limit == 0 {
         return;
     }
+    let mut failing = false;
+    check_and_report(&broker, &mut failing);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(DISK_FREE_POLL) => check(&broker),
+            () = tokio::time::sleep(DISK_FREE_POLL) => check_and_report(&broker, &mut failing),
         }
     }
 }

@@ -410,6 +410,10 @@ pub struct MasterArgs {
     /// How long jobs and their returns are kept in the job store.
     #[arg(long, default_value = DEFAULT_KEEP_JOBS, value_parser = humantime::parse_duration)]
     pub keep_jobs: Duration,
+    /// Free disk space under the data dir below which the embedded broker blocks
+    /// publishers until space is freed, e.g. 50MB or 2GiB (0 turns the check off).
+    #[arg(long, default_value = "50MB", value_parser = dispatch_broker::config::parse_size)]
+    pub disk_free_limit: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -541,6 +545,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .chain(args.plain_minion_users)
                     .collect(),
                 keep_jobs: args.keep_jobs,
+                disk_free_limit: args.disk_free_limit,
             };
             let announce = |ready: &crate::daemon::Ready| {
                 println!("master fingerprint {}", ready.fingerprint);

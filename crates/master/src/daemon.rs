@@ -55,6 +55,8 @@ pub struct MasterConfig {
     pub plain_users: Vec<User>,
     /// How long jobs and their returns are kept.
     pub keep_jobs: Duration,
+    /// The embedded broker's `--disk-free-limit`, in bytes (0: off).
+    pub disk_free_limit: u64,
 }
 
 /// What a started master tells whoever started it.
@@ -97,6 +99,7 @@ pub async fn run(
             let broker_config = BrokerConfig {
                 users: config.plain_users.clone(),
                 data_dir: Some(dir.broker()),
+                disk_free_limit: config.disk_free_limit,
                 key_authority: Some(Arc::new(RegistryAuthority {
                     master_key: master.public(),
                     registry: registry.clone(),

@@ -57,18 +57,21 @@ impl Connection {
                 )
             }
             basic::AMQPMethod::Cancel(m) => {
-                self.broker
+                let deleted_durable = self
+                    .broker
                     .vhost
                     .lock()
                     .cancel(key, m.consumer_tag.as_str());
                 if !m.nowait {
-                    // Cancelling the last consumer deletes an auto-delete queue.
-                    self.reply_when_durable(
-                        ch,
-                        AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
-                            consumer_tag: m.consumer_tag,
-                        })),
-                    );
+                    let ok = AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                        consumer_tag: m.consumer_tag,
+                    }));
+                    // Its last consumer gone, a durable auto-delete queue was deleted.
+                    if deleted_durable {
+                        self.reply_when_durable(ch, ok);
+                    } else {
+                        self.send(ch, &ok);
+                    }
                 }
                 Ok(())
             }

@@ -56,21 +56,28 @@ impl State {
     }
 
     /// Cancels a consumer; unknown tags are ignored, as the spec asks.
-    pub fn cancel(&mut self, key: ChannelKey, tag: &str) {
-        if let Some(queue) = self.channel(key).consumers.remove(tag) {
-            self.remove_consumer(&queue, tag);
+    /// Cancels a consumer; returns whether that deleted a persisted (auto-delete) queue.
+    pub fn cancel(&mut self, key: ChannelKey, tag: &str) -> bool {
+        match self.channel(key).consumers.remove(tag) {
+            Some(queue) => self.remove_consumer(&queue, tag),
+            None => false,
         }
     }
 
-    pub(super) fn remove_consumer(&mut self, queue: &str, tag: &str) {
+    /// Removes a consumer from `queue`, and an auto-delete queue with its last consumer;
+    /// returns whether a persisted queue was deleted.
+    pub(super) fn remove_consumer(&mut self, queue: &str, tag: &str) -> bool {
         let Some(q) = self.queues.get_mut(queue) else {
-            return;
+            return false;
         };
         q.consumers.retain(|c| &*c.tag != tag);
         if q.auto_delete && q.had_consumer && q.consumers.is_empty() {
+            let persisted = q.is_persisted();
             self.remove_queue(queue);
+            persisted
         } else {
             touch(q, &mut self.timers);
+            false
         }
     }
 
