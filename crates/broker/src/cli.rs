@@ -118,9 +118,12 @@ pub fn main() -> ExitCode {
 fn run(args: Args) -> anyhow::Result<()> {
     // One thread serves every connection (the store has its own): on a few cores shared
     // with clients, handing work between runtime threads costs more CPU per message than
-    // it gains (measured with dispatch-bench; see docs/BENCHMARKS.md).
+    // it gains (measured with dispatch-bench; see docs/BENCHMARKS.md). Under sustained
+    // load it pauses briefly before parking, so wake-ups carry several messages each.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_park(crate::coalesce::before_park)
+        .on_thread_unpark(crate::coalesce::after_unpark)
         .build()
         .context("starting the runtime")?;
     let config = args.config();

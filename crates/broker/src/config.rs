@@ -26,6 +26,20 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// own frames stop being read, until the socket drains.
 pub const OUTBOX_HIGH_WATER: usize = 1024 * 1024;
 
+/// How long `dispatch-broker`'s runtime thread pauses before parking while wake-ups
+/// coalesce (see [`crate::coalesce`]): the most a message waits for company.
+pub const COALESCE_PAUSE: Duration = Duration::from_micros(100);
+/// A wake-up that found work after parking for less than this counts as busy.
+pub const COALESCE_BUSY_WAIT: Duration = Duration::from_micros(500);
+/// Frames per wake-up that pausing must add, at least, to the average before it (and at
+/// least double it): two more publishes (method, header, body each). A request/reply
+/// client whose acks and replies merely merge into one wake-up does not reach it.
+pub const COALESCE_MIN_GAIN: u32 = 6;
+/// Busy wake-ups in a row before the first pause (a probe).
+pub const COALESCE_ENTER_STREAK: u32 = 64;
+/// Most busy wake-ups in a row required before another probe, after failed ones.
+pub const COALESCE_MAX_BACKOFF: u32 = 8192;
+
 /// Publisher confirms of one channel remembered as completed ahead of an earlier one
 /// still waiting (for the disk); beyond it, that channel's acks are no longer merged
 /// into `multiple` acks (see [`crate::confirm`]).

@@ -5,7 +5,8 @@
 //!
 //! - [`server`]: accept loop and shutdown;
 //! - [`connection`]: handshake (with PLAIN, AMQPLAIN or `DISPATCH-ED25519` logins),
-//!   reading frames, writing through the [`outbox`];
+//!   reading frames, writing through the [`outbox`]; [`coalesce`] lets wake-ups gather
+//!   several messages under sustained load;
 //! - [`identity`]: the [`KeyAuthority`] that admits key logins and the [`Permissions`]
 //!   a connection gets; [`permission`] checks them in every channel handler;
 //! - [`sessions`]: open connections by user, so [`Broker::close_connections_of`] can
@@ -27,6 +28,7 @@ pub mod arguments;
 pub mod broker;
 pub mod channel;
 pub mod cli;
+pub mod coalesce;
 pub mod codec;
 pub mod config;
 pub mod confirm;

@@ -281,6 +281,7 @@ impl Connection {
             }
             match next_frame(rbuf, self.tuning.frame_max) {
                 Ok(Some(frame)) => {
+                    crate::coalesce::note_frames(1);
                     if self.on_frame(frame) == Flow::Done {
                         return Flow::Done;
                     }
