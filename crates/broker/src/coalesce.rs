@@ -25,6 +25,11 @@
 //! - after a failed probe the next one waits for twice as many busy wake-ups, up to
 //!   [`COALESCE_MAX_BACKOFF`] of them, so a ping-pong client meets a pause only rarely.
 //!
+//! No pause is made while the store's log thread is completing publisher confirms
+//! ([`confirms_completed`], within [`COALESCE_DISK_QUIET`]): publishers waiting on the
+//! disk are paced by group commits, and a pause in that loop costs more throughput than it
+//! saves CPU.
+//!
 //! Connections report the frames they handle with [`note_frames`]; the runtime calls
 //! [`before_park`] and [`after_unpark`] (installed by [`crate::cli`] with
 //! `on_thread_park` / `on_thread_unpark`). A runtime without the hooks never pauses.
@@ -34,13 +39,38 @@
 //! [`COALESCE_BUSY_WAIT`]: crate::config::COALESCE_BUSY_WAIT
 //! [`COALESCE_MIN_GAIN`]: crate::config::COALESCE_MIN_GAIN
 //! [`COALESCE_MAX_BACKOFF`]: crate::config::COALESCE_MAX_BACKOFF
+//! [`COALESCE_DISK_QUIET`]: crate::config::COALESCE_DISK_QUIET
 
 use crate::config::{
-    COALESCE_BUSY_WAIT, COALESCE_ENTER_STREAK, COALESCE_MAX_BACKOFF, COALESCE_MIN_GAIN,
-    COALESCE_PAUSE,
+    COALESCE_BUSY_WAIT, COALESCE_DISK_QUIET, COALESCE_ENTER_STREAK, COALESCE_MAX_BACKOFF,
+    COALESCE_MIN_GAIN, COALESCE_PAUSE,
 };
 use std::cell::{Cell, RefCell};
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+/// The clock of [`CONFIRMED_AT`].
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+/// When the store last completed publisher confirms, in µs since [`EPOCH`] (0: never).
+static CONFIRMED_AT: AtomicU64 = AtomicU64::new(0);
+
+fn micros_since_epoch() -> u64 {
+    u64::try_from(EPOCH.elapsed().as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// Called by the store's log thread when it has completed publisher confirms.
+pub fn confirms_completed() {
+    CONFIRMED_AT.store(micros_since_epoch(), Ordering::Relaxed);
+}
+
+/// Whether publishers are waiting on the disk now (see the module doc).
+fn publishers_wait_on_disk() -> bool {
+    let at = CONFIRMED_AT.load(Ordering::Relaxed);
+    at != 0 && micros_since_epoch().saturating_sub(at) < COALESCE_DISK_QUIET.as_micros() as u64
+}
 
 /// What one runtime wake-up (from unpark to the next park) saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +187,11 @@ pub fn before_park() {
         waited: WAITED.with(Cell::get),
         frames: FRAMES.with(|f| f.replace(0)),
     };
+    if publishers_wait_on_disk() {
+        // Neither a pause nor a lesson for the coalescer.
+        PARKED_AT.with(|p| p.set(Some(Instant::now())));
+        return;
+    }
     if let Some(pause) = COALESCER.with(|c| c.borrow_mut().on_park(wake)) {
         std::thread::sleep(pause);
     }

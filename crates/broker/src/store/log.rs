@@ -229,6 +229,9 @@ impl Log {
         }
         self.settle_relocations(ok);
         self.last_commit_shared = self.waiting.len() > 1;
+        if !self.waiting.is_empty() {
+            crate::coalesce::confirms_completed();
+        }
         crate::outbox::batch(|| {
             for confirm in self.waiting.drain(..) {
                 confirm.complete(ok && metadata_ok);
