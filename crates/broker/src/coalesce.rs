@@ -230,6 +230,12 @@ mod tests {
     };
 
     #[test]
+    fn publishers_waiting_on_the_disk_are_not_paused_for() {
+        confirms_completed();
+        assert!(publishers_wait_on_disk());
+    }
+
+    #[test]
     fn a_request_after_a_quiet_spell_never_pauses() {
         let mut c = Coalescer::default();
         let quiet = wake(COALESCE_BUSY_WAIT.as_micros() as u64, 3);
