@@ -75,6 +75,9 @@ pub struct Log {
     /// The segment last asked to be compacted and its live references then: it is asked
     /// again only once they changed (or the copies failed), not after every commit.
     asked: Option<(u64, u64)>,
+    /// A request the vhost has not answered yet (its [`Op::Relocated`] is to come): no
+    /// other is made meanwhile, so no message is listed twice.
+    outstanding: bool,
     /// The segment whose relocation ended in this batch, to check once committed.
     emptied: Option<u64>,
     /// The open segment relocations read from.
@@ -110,6 +113,7 @@ impl Log {
             relocated: recovered.relocated.clone(),
             relocations: Vec::new(),
             asked: None,
+            outstanding: false,
             emptied: None,
             reading: None,
             reader,
@@ -159,7 +163,10 @@ impl Log {
                         location,
                         queues,
                     } => self.relocate(id, location, &queues),
-                    Op::Relocated { segment } => self.emptied = Some(segment),
+                    Op::Relocated { segment } => {
+                        self.outstanding = false;
+                        self.emptied = Some(segment);
+                    }
                     Op::Topology { change, seq } => {
                         self.metadata.append(change);
                         self.topology_seq = seq;
@@ -281,6 +288,9 @@ impl Log {
     /// references to the current segment.
     fn relocate(&mut self, id: u64, location: u64, queues: &[(u64, bool)]) {
         let (number, offset) = unpack_location(location);
+        if !self.segments.iter().any(|s| s.number == number) {
+            return; // a listing made before the segment was emptied some other way
+        }
         let record = match self.read_at(number, offset) {
             Ok(Some(Record::Enqueue {
                 msg,
@@ -404,8 +414,13 @@ impl Log {
             return;
         };
         let ask = Some((oldest.number, oldest.live));
-        if oldest.live > 0 && oldest.live * SPARSE_SHARE <= oldest.refs && self.asked != ask {
+        if !self.outstanding
+            && oldest.live > 0
+            && oldest.live * SPARSE_SHARE <= oldest.refs
+            && self.asked != ask
+        {
             self.asked = ask;
+            self.outstanding = true;
             self.compaction.want(oldest.number);
         }
     }
