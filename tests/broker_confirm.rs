@@ -6,7 +6,7 @@
 mod support;
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
-use amq_protocol::protocol::{AMQPClass, basic, channel, confirm};
+use amq_protocol::protocol::{AMQPClass, basic};
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
@@ -270,26 +270,8 @@ async fn coalesced_confirms_settle_every_sequence_number_exactly_once() {
 
     let (mut raw, _) =
         RawConnection::handshake(broker.addr(), broker.credentials(), 131_072, 0).await;
-    raw.send_method(
-        1,
-        AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
-    )
-    .await;
-    assert!(matches!(
-        raw.read_method().await,
-        (1, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)))
-    ));
-    raw.send_method(
-        1,
-        AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
-            nowait: false,
-        })),
-    )
-    .await;
-    assert!(matches!(
-        raw.read_method().await,
-        (1, AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(_)))
-    ));
+    raw.open_channel(1).await;
+    raw.select_confirms(1).await;
 
     // One write, so the broker handles many publishes per read: acks to coalesce, with
     // persistent ones completing after the transient ones behind them and nacks between.

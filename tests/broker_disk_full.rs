@@ -6,7 +6,7 @@
 
 mod support;
 
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Confirmation};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -75,15 +75,7 @@ async fn publishers_are_blocked_below_the_disk_free_limit_until_space_is_freed()
     let publisher = connect(&broker).await;
     let ch = confirm_channel(&publisher).await;
     let name = unique("disk-alarm");
-    declare_queue_with(
-        &ch,
-        &name,
-        QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        },
-    )
-    .await;
+    declare_durable_queue(&ch, &name).await;
     let confirm = timeout(ch.basic_publish(
         "".into(),
         name.as_str().into(),
@@ -137,15 +129,7 @@ async fn a_full_disk_nacks_persistent_publishes_and_the_broker_keeps_serving() {
     let conn = connect(&broker).await;
     let ch = confirm_channel(&conn).await;
     let name = unique("disk-full");
-    declare_queue_with(
-        &ch,
-        &name,
-        QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        },
-    )
-    .await;
+    declare_durable_queue(&ch, &name).await;
     let body = vec![7u8; 64 * 1024];
     let mut nacked = false;
     for _ in 0..64 {

@@ -56,18 +56,6 @@ fn seq_of(body: &[u8], len: usize) -> Option<u32> {
     std::str::from_utf8(&body[..SEQ_DIGITS]).ok()?.parse().ok()
 }
 
-async fn declare_durable_queue(ch: &Channel, name: &str) {
-    declare_queue_with(
-        ch,
-        name,
-        QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        },
-    )
-    .await;
-}
-
 async fn declare_exchange_with(ch: &Channel, name: &str, kind: ExchangeKind, durable: bool) {
     timeout(ch.exchange_declare(
         name.into(),

@@ -66,18 +66,6 @@ async fn a_channel_error_carries_a_reason_a_person_can_act_on() {
     }
 }
 
-async fn open_channel_1(conn: &mut RawConnection) {
-    conn.send_method(
-        1,
-        AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
-    )
-    .await;
-    assert!(matches!(
-        conn.read_method().await,
-        (1, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)))
-    ));
-}
-
 #[tokio::test]
 async fn a_method_on_a_channel_that_was_never_opened_closes_the_connection_with_504() {
     let broker = TestBroker::start().await;
@@ -106,7 +94,7 @@ async fn opening_an_open_channel_again_closes_the_connection_with_504() {
     let broker = TestBroker::start().await;
     let (mut conn, _) =
         RawConnection::handshake(broker.addr(), broker.credentials(), 131072, 0).await;
-    open_channel_1(&mut conn).await;
+    conn.open_channel(1).await;
     conn.send_method(
         1,
         AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
@@ -121,7 +109,7 @@ async fn a_content_body_without_a_publish_closes_the_connection_with_505() {
     let broker = TestBroker::start().await;
     let (mut conn, _) =
         RawConnection::handshake(broker.addr(), broker.credentials(), 131072, 0).await;
-    open_channel_1(&mut conn).await;
+    conn.open_channel(1).await;
     conn.send_frame(&AMQPFrame::Body(1, b"orphan".to_vec()))
         .await;
     let (code, text) = conn.expect_connection_close().await;
@@ -133,7 +121,7 @@ async fn a_method_in_the_middle_of_a_content_closes_the_connection_with_505() {
     let broker = TestBroker::start().await;
     let (mut conn, _) =
         RawConnection::handshake(broker.addr(), broker.credentials(), 131072, 0).await;
-    open_channel_1(&mut conn).await;
+    conn.open_channel(1).await;
     conn.send_method(
         1,
         AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {

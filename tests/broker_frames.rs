@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
-use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, connection, queue};
+use amq_protocol::protocol::{AMQPClass, basic, channel, connection, queue};
 use amq_protocol::types::{AMQPValue, FieldTable};
 use support::raw::{Incoming, PROTOCOL_HEADER, RawConnection, encode};
 use support::*;
@@ -202,15 +202,7 @@ async fn confirm_sequence_numbers_count_from_confirm_select() {
     let broker = TestBroker::start().await;
     let (mut conn, _) =
         RawConnection::handshake(broker.addr(), broker.credentials(), 131072, 0).await;
-    conn.send_method(
-        1,
-        AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
-    )
-    .await;
-    assert!(matches!(
-        conn.read_method().await,
-        (1, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)))
-    ));
+    conn.open_channel(1).await;
     let name = unique("raw-confirm");
     conn.send_method(
         1,
@@ -233,17 +225,7 @@ async fn confirm_sequence_numbers_count_from_confirm_select() {
     // Two publishes before confirm.select do not count...
     raw_publish(&mut conn, &name).await;
     raw_publish(&mut conn, &name).await;
-    conn.send_method(
-        1,
-        AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
-            nowait: false,
-        })),
-    )
-    .await;
-    assert!(matches!(
-        conn.read_method().await,
-        (1, AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(_)))
-    ));
+    conn.select_confirms(1).await;
     // ...so the first publish after it is confirmed as delivery tag 1.
     raw_publish(&mut conn, &name).await;
     match conn.read_method().await {

@@ -379,6 +379,19 @@ pub async fn declare_queue_with(
         .unwrap_or_else(|e| panic!("declare queue {name}: {e}"))
 }
 
+/// Declares a durable (not exclusive, not auto-delete) queue; panics on failure.
+pub async fn declare_durable_queue(ch: &Channel, name: &str) -> lapin::Queue {
+    declare_queue_with(
+        ch,
+        name,
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+    )
+    .await
+}
+
 /// Checks whether a queue exists (passive declare) on a throw-away channel of `conn`,
 /// returning its message count, or the error the broker answered with.
 pub async fn queue_exists(conn: &Connection, name: &str) -> lapin::Result<u32> {
@@ -564,7 +577,7 @@ pub fn body(delivery: &Delivery) -> String {
 pub mod raw {
     use super::{STEP_TIMEOUT, timeout};
     use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame, parse_frame};
-    use amq_protocol::protocol::{AMQPClass, connection};
+    use amq_protocol::protocol::{AMQPClass, channel, confirm, connection};
     use amq_protocol::types::{AMQPValue, FieldTable, LongString};
     use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -668,6 +681,34 @@ pub mod raw {
                     Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
                 }
             }
+        }
+
+        /// Opens channel `ch` and waits for `open-ok`.
+        pub async fn open_channel(&mut self, ch: u16) {
+            self.send_method(
+                ch,
+                AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+            )
+            .await;
+            assert!(matches!(
+                self.read_method().await,
+                (c, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))) if c == ch
+            ));
+        }
+
+        /// Puts channel `ch` in confirm mode and waits for `select-ok`.
+        pub async fn select_confirms(&mut self, ch: u16) {
+            self.send_method(
+                ch,
+                AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
+                    nowait: false,
+                })),
+            )
+            .await;
+            assert!(matches!(
+                self.read_method().await,
+                (c, AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(_))) if c == ch
+            ));
         }
 
         /// Reads the next method frame, skipping heartbeats; panics on anything else.
