@@ -291,7 +291,7 @@ impl Log {
         if !self.segments.iter().any(|s| s.number == number) {
             return; // a listing made before the segment was emptied some other way
         }
-        let record = match self.read_at(number, offset) {
+        let (published_ms, message) = match self.read_at(number, offset) {
             Ok(Some(Record::Enqueue {
                 msg,
                 published_ms,
@@ -317,7 +317,6 @@ impl Log {
                 return;
             }
         };
-        let (published_ms, message) = record;
         let ids: Vec<u64> = queues.iter().map(|(queue, _)| *queue).collect();
         let refs = ids.len() as u64;
         let current = self.segments.back_mut().expect("a current segment");

@@ -224,10 +224,6 @@ impl Store {
         Ok((store, recovered))
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Reads message `id` back from its record (for queues whose backlog is paged out).
     pub fn read(&self, id: u64, location: u64) -> std::io::Result<Arc<Message>> {
         let location = self.compaction.locate(id, location);

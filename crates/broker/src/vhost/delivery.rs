@@ -267,10 +267,10 @@ impl State {
             self.drop_stale_timers();
         }
         self.timers.forget_now();
-        if let Some(store) = self.store.clone()
+        if let Some(store) = &self.store
             && let Some(segment) = store.compaction_wanted()
         {
-            self.relocate_segment(&store, segment);
+            self.relocate_segment(store, segment);
         }
     }
 
