@@ -27,6 +27,7 @@ use lapin::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
+use crate::pipeline::Pipeline;
 use crate::probe::{Probe, TICKS_PER_SECOND};
 
 /// Time allowed for one protocol round trip during set-up or teardown.
@@ -112,24 +113,35 @@ pub struct Message {
     pub deliveries: u32,
 }
 
+impl Message {
+    /// One `basic.publish` of this message; lapin queues it when first polled.
+    fn publish_on<'a>(
+        &'a self,
+        channel: &'a Channel,
+    ) -> impl Future<Output = lapin::Result<PublisherConfirm>> + 'a {
+        channel.basic_publish(
+            self.exchange.as_str().into(),
+            self.routing_key.as_str().into(),
+            BasicPublishOptions::default(),
+            &self.body,
+            self.properties.clone(),
+        )
+    }
+}
+
 /// Publishes `message` as fast as the credit allows until the credit is closed.
 pub async fn publish_until_closed(
     channel: Channel,
     credit: Credit,
     message: Message,
 ) -> Result<()> {
+    let mut publishes = Pipeline::new();
     while credit.take(message.deliveries).await {
-        channel
-            .basic_publish(
-                message.exchange.as_str().into(),
-                message.routing_key.as_str().into(),
-                BasicPublishOptions::default(),
-                &message.body,
-                message.properties.clone(),
-            )
-            .await
-            .context("publishing")?;
+        publishes
+            .push(message.publish_on(&channel), "publishing")
+            .await?;
     }
+    publishes.finish("publishing").await?;
     Ok(())
 }
 
@@ -167,6 +179,7 @@ async fn publish_into_window(
     credit: Option<Credit>,
     pending: &mpsc::UnboundedSender<(PublisherConfirm, OwnedSemaphorePermit)>,
 ) -> Result<()> {
+    let mut publishes = Pipeline::new();
     for _ in 0..count {
         if let Some(credit) = &credit
             && !credit.take(message.deliveries).await
@@ -178,22 +191,31 @@ async fn publish_into_window(
             .acquire_owned()
             .await
             .context("confirm window closed")?;
-        let confirm = channel
-            .basic_publish(
-                message.exchange.as_str().into(),
-                message.routing_key.as_str().into(),
-                BasicPublishOptions::default(),
-                &message.body,
-                message.properties.clone(),
+        let publish = message.publish_on(channel);
+        let written = publishes
+            .push(
+                async move { publish.await.map(|confirm| (confirm, permit)) },
+                "publishing",
             )
-            .await
-            .context("publishing")?;
-        if pending.send((confirm, permit)).is_err() {
-            // The collector stopped early; its result says why.
-            break;
+            .await?;
+        if !hand_to_collector(pending, written) {
+            return Ok(());
         }
     }
+    let written = publishes.finish("publishing").await?;
+    hand_to_collector(pending, written);
     Ok(())
+}
+
+/// Passes written publishes to the confirm collector; false once it has stopped early
+/// (its result says why).
+fn hand_to_collector(
+    pending: &mpsc::UnboundedSender<(PublisherConfirm, OwnedSemaphorePermit)>,
+    written: Vec<(PublisherConfirm, OwnedSemaphorePermit)>,
+) -> bool {
+    written
+        .into_iter()
+        .all(|confirm| pending.send(confirm).is_ok())
 }
 
 /// Awaits confirms in publish order, releasing one window slot per confirm.
@@ -237,17 +259,20 @@ pub fn spawn_counter(
     credit: Credit,
 ) {
     tasks.spawn(async move {
+        let mut acks = Pipeline::new();
         while let Some(delivery) = consumer.next().await {
-            let delivery = delivery.context("consuming")?;
+            let acker = delivery.context("consuming")?.acker;
             if settle == Settle::AckEach {
-                delivery
-                    .ack(BasicAckOptions::default())
-                    .await
-                    .context("acking")?;
+                acks.push(
+                    async move { acker.ack(BasicAckOptions::default()).await },
+                    "acking",
+                )
+                .await?;
             }
             counter.fetch_add(1, Ordering::Relaxed);
             credit.give_back();
         }
+        acks.finish("acking").await?;
         Ok(())
     });
 }

@@ -16,6 +16,7 @@
 mod cli;
 mod dispatch;
 mod flow;
+mod pipeline;
 mod probe;
 mod report;
 mod scenarios;
