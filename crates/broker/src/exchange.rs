@@ -4,8 +4,8 @@
 //! `*` or `#`) are found by hash lookup; topic patterns with wildcards, fanout and
 //! headers bindings are scanned.
 
+use crate::fast_map::FastMap;
 use amq_protocol::types::{AMQPValue, FieldTable};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The four exchange types of AMQP 0-9-1.
@@ -57,9 +57,9 @@ pub struct Exchange {
     pub arguments: FieldTable,
     /// Bindings by queue: a queue has few on one exchange, an exchange may have a
     /// fleet's worth, so binding, unbinding and deleting a queue cost the same at any size.
-    bindings: HashMap<Arc<str>, Vec<Binding>>,
+    bindings: FastMap<Arc<str>, Vec<Binding>>,
     /// Exact routing keys → queues, for bindings that need no pattern matching.
-    exact: HashMap<Box<str>, Vec<Arc<str>>>,
+    exact: FastMap<Box<str>, Vec<Arc<str>>>,
     /// Topic bindings with wildcards, split into words once.
     patterns: Vec<(Vec<Box<str>>, Arc<str>)>,
 }
@@ -80,8 +80,8 @@ impl Exchange {
             auto_delete,
             internal,
             arguments,
-            bindings: HashMap::new(),
-            exact: HashMap::new(),
+            bindings: FastMap::default(),
+            exact: FastMap::default(),
             patterns: Vec::new(),
         }
     }

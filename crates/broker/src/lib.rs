@@ -38,6 +38,7 @@ pub mod disk_alarm;
 pub mod error;
 pub mod exchange;
 pub mod expiry;
+mod fast_map;
 pub mod identity;
 pub mod message;
 pub mod names;

@@ -20,13 +20,13 @@ use crate::codec::method::{method_ids, parse_method, put_method};
 use crate::codec::{FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD};
 use crate::config::{ALARM_POLL, CLOSE_TIMEOUT, HANDSHAKE_TIMEOUT, OUTBOX_HIGH_WATER};
 use crate::error::{AmqpError, code};
+use crate::fast_map::FastMap;
 use crate::outbox::{Outbox, batch};
 use crate::queue::ConnId;
 use crate::sessions::Stop;
 use amq_protocol::protocol::{AMQPClass, connection};
 use bytes::BytesMut;
 use handshake::{Negotiated, handshake};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,7 +58,7 @@ pub struct Connection {
     pub(crate) broker: Arc<Broker>,
     pub(crate) outbox: Arc<Outbox>,
     pub(crate) tuning: Negotiated,
-    pub(crate) channels: HashMap<u16, ChannelState>,
+    pub(crate) channels: FastMap<u16, ChannelState>,
     /// `connection.close` was sent; only `close-ok` (or a crossing `close`) matters now.
     closing: bool,
     /// A reply held until topology change number `.0` is on disk (channel, method).
@@ -108,7 +108,7 @@ pub async fn serve(
         broker: broker.clone(),
         outbox: outbox.clone(),
         tuning,
-        channels: HashMap::new(),
+        channels: FastMap::default(),
         closing: false,
         held: None,
     };

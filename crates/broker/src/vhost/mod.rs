@@ -27,13 +27,14 @@ use crate::deadletter::{self, DeadLetter, Reason};
 use crate::error::AmqpError;
 use crate::exchange::{Binding, Exchange, ExchangeKind};
 use crate::expiry::{Due, NEVER, TimerKind, Timers, message_deadline};
+use crate::fast_map::FastMap;
 use crate::message::Message;
 use crate::outbox::Outbox;
 use crate::queue::{ChannelKey, ConnId, Consumer, Queue, Queued};
 use crate::store::{Recovered, Store};
 use amq_protocol::protocol::{AMQPClass, basic};
 use amq_protocol::types::{AMQPValue, FieldTable};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -252,9 +253,9 @@ pub enum Routed {
 /// The locked state of the vhost.
 #[derive(Debug, Default)]
 pub struct State {
-    pub(crate) exchanges: HashMap<Arc<str>, Exchange>,
-    pub(crate) queues: HashMap<Arc<str>, Queue>,
-    channels: HashMap<ChannelKey, OpenChannel>,
+    pub(crate) exchanges: FastMap<Arc<str>, Exchange>,
+    pub(crate) queues: FastMap<Arc<str>, Queue>,
+    channels: FastMap<ChannelKey, OpenChannel>,
     pub(crate) next_queue_id: u64,
     /// Reused routing buffer.
     route_buf: Vec<Arc<str>>,
