@@ -135,13 +135,13 @@ pub fn make_message(dead: &DeadLetter, now_secs: u64) -> Option<Republish> {
         Some(without_expiration(props).with_headers(table))
     })?;
     let routing_key = match &dead.target.routing_key {
-        Some(key) => key.to_string().into_boxed_str(),
+        Some(key) => Arc::from(&**key),
         None => msg.routing_key.clone(),
     };
     Some(Republish {
         msg: Arc::new(Message::new(
-            &dead.target.exchange,
-            &routing_key,
+            dead.target.exchange.clone(),
+            routing_key,
             header.into(),
             msg.body.clone(),
             msg.persistent,
@@ -260,8 +260,8 @@ mod tests {
         header.extend_from_slice(&4u64.to_be_bytes());
         let header = cookie_factory::gen_simple(gen_properties(&props), header).unwrap();
         Arc::new(Message::new(
-            "ex",
-            "rk",
+            "ex".into(),
+            "rk".into(),
             header.into(),
             Bytes::from_static(b"body"),
             false,

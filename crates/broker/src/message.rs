@@ -39,7 +39,7 @@ impl Drop for MemoryCharge {
 #[derive(Debug)]
 pub struct Message {
     pub exchange: Arc<str>,
-    pub routing_key: Box<str>,
+    pub routing_key: Arc<str>,
     /// The content header payload (class, weight, body size, properties), as received
     /// unless the broker had to remove `BCC`.
     pub header: Bytes,
@@ -56,8 +56,8 @@ pub struct Message {
 impl Message {
     /// A message as published, not (yet) in the store.
     pub fn new(
-        exchange: &str,
-        routing_key: &str,
+        exchange: Arc<str>,
+        routing_key: Arc<str>,
         header: Bytes,
         body: Bytes,
         persistent: bool,
@@ -67,8 +67,8 @@ impl Message {
             Ordering::Relaxed,
         );
         Self {
-            exchange: exchange.into(),
-            routing_key: routing_key.into(),
+            exchange,
+            routing_key,
             header,
             body,
             persistent,

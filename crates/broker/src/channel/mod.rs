@@ -26,7 +26,7 @@ use crate::connection::Connection;
 use crate::error::AmqpError;
 use crate::vhost::OpenChannel;
 use amq_protocol::protocol::{AMQPClass, access, channel};
-use publish::{Confirms, PendingPublish};
+use publish::{Confirms, PendingPublish, PublishedNames};
 use std::sync::Arc;
 
 /// A connection's view of one of its channels.
@@ -40,6 +40,8 @@ pub struct ChannelState {
     pending: Option<PendingPublish>,
     /// The queue most recently declared, used when a method names the queue `""`.
     last_queue: Option<Arc<str>>,
+    /// The exchange and routing key of the latest publish.
+    last_published: PublishedNames,
 }
 
 impl Connection {

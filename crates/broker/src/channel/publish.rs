@@ -57,11 +57,30 @@ impl Drop for Confirms {
     }
 }
 
+/// The exchange and routing key a channel published to last. A publisher usually sends
+/// to one place again and again; its messages share these names instead of allocating
+/// their own.
+#[derive(Debug, Default)]
+pub(super) struct PublishedNames {
+    exchange: Option<Arc<str>>,
+    routing_key: Option<Arc<str>>,
+}
+
+impl PublishedNames {
+    /// `name`, shared with the previous publish when it named the same.
+    fn share(slot: &mut Option<Arc<str>>, name: &str) -> Arc<str> {
+        match slot {
+            Some(last) if **last == *name => last.clone(),
+            _ => slot.insert(name.into()).clone(),
+        }
+    }
+}
+
 /// A publish waiting for its content.
 #[derive(Debug)]
 pub(super) struct PendingPublish {
-    exchange: String,
-    routing_key: String,
+    exchange: Arc<str>,
+    routing_key: Arc<str>,
     mandatory: bool,
     header: Option<(Bytes, ContentHeader)>,
     body: BytesMut,
@@ -90,9 +109,11 @@ impl Connection {
         }
         permission::publish(&self.tuning.permissions, args.exchange, args.routing_key)
             .map_err(|e| e.during(class_id, method_id))?;
-        self.state(ch).pending = Some(PendingPublish {
-            exchange: args.exchange.to_owned(),
-            routing_key: args.routing_key.to_owned(),
+        let state = self.state(ch);
+        let names = &mut state.last_published;
+        state.pending = Some(PendingPublish {
+            exchange: PublishedNames::share(&mut names.exchange, args.exchange),
+            routing_key: PublishedNames::share(&mut names.routing_key, args.routing_key),
             mandatory: args.mandatory,
             header: None,
             body: BytesMut::new(),
@@ -205,8 +226,8 @@ impl Connection {
                 .map_err(during)?;
         }
         let msg = Arc::new(Message::new(
-            &exchange,
-            &routing_key,
+            exchange.clone(),
+            routing_key,
             header_bytes,
             body,
             header.persistent,

@@ -302,7 +302,7 @@ impl Log {
                 ..
             })) if msg == id => (
                 published_ms,
-                Message::new(&exchange, &routing_key, header, body, true),
+                Message::new(exchange.into(), routing_key.into(), header, body, true),
             ),
             Ok(_) => {
                 tracing::warn!(

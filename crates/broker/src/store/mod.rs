@@ -247,7 +247,7 @@ impl Store {
                 body,
                 ..
             }) if msg == id => {
-                let message = Message::new(&exchange, &routing_key, header, body, true);
+                let message = Message::new(exchange.into(), routing_key.into(), header, body, true);
                 message.set_store_id(id);
                 message.set_location(location);
                 Ok(Arc::new(message))

@@ -176,8 +176,8 @@ mod tests {
     fn records_read_back_and_damage_is_detected() {
         let mut log = Vec::new();
         let message = Message::new(
-            "ex",
-            "a.b",
+            "ex".into(),
+            "a.b".into(),
             Bytes::from_static(b"hdr"),
             Bytes::from_static(b"body"),
             true,

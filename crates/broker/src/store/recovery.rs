@@ -218,7 +218,13 @@ mod tests {
     use bytes::Bytes;
 
     fn enqueue(out: &mut Vec<u8>, id: u64, queues: &[u64]) {
-        let message = Message::new("", "q", Bytes::new(), Bytes::from_static(b"body"), true);
+        let message = Message::new(
+            "".into(),
+            "q".into(),
+            Bytes::new(),
+            Bytes::from_static(b"body"),
+            true,
+        );
         put_enqueue(out, id, 0, queues, &message);
     }
 

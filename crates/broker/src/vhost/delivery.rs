@@ -88,15 +88,15 @@ impl State {
         } else {
             ch.prefetch_consumer = prefetch_count;
         }
-        let queues: Vec<Arc<str>> = ch.consumers.values().cloned().collect();
-        self.dispatch_all(queues);
+        let mut queues: Vec<Arc<str>> = ch.consumers.values().cloned().collect();
+        self.dispatch_all(&mut queues);
     }
 
     pub fn flow(&mut self, key: ChannelKey, active: bool) {
         let ch = self.channel(key);
         ch.active = active;
-        let queues: Vec<Arc<str>> = ch.consumers.values().cloned().collect();
-        self.dispatch_all(queues);
+        let mut queues: Vec<Arc<str>> = ch.consumers.values().cloned().collect();
+        self.dispatch_all(&mut queues);
     }
 
     // ---- publishing ----
@@ -113,6 +113,7 @@ impl State {
         msg: Arc<Message>,
         confirm: Option<Confirm>,
     ) -> Result<(Routed, Option<Confirm>), AmqpError> {
+        let mut targets = std::mem::take(&mut self.route_buf);
         let ex = self
             .exchanges
             .get(exchange)
@@ -122,14 +123,7 @@ impl State {
                 "cannot publish to internal exchange '{exchange}' in vhost '/'"
             )));
         }
-        let mut targets = std::mem::take(&mut self.route_buf);
-        self.route(
-            exchange,
-            &msg.routing_key,
-            extra_keys,
-            headers,
-            &mut targets,
-        );
+        self.route(ex, &msg.routing_key, extra_keys, headers, &mut targets);
         let routed = targets.len();
         let (rejected, confirm) = self.place(&targets, &msg, expiration_ms, confirm);
         self.route_buf = targets;
@@ -143,22 +137,19 @@ impl State {
         Ok((routed, confirm))
     }
 
-    /// The queues `exchange` routes `routing_key` and `extra_keys` to, deduplicated, into
-    /// `targets` (cleared first). A missing exchange routes nowhere.
+    /// The queues `ex` routes `routing_key` and `extra_keys` to, deduplicated, into
+    /// `targets` (cleared first).
     pub(super) fn route(
         &self,
-        exchange: &str,
+        ex: &Exchange,
         routing_key: &str,
         extra_keys: &[String],
         headers: Option<&FieldTable>,
         targets: &mut Vec<Arc<str>>,
     ) {
         targets.clear();
-        let Some(ex) = self.exchanges.get(exchange) else {
-            return;
-        };
         for key in std::iter::once(routing_key).chain(extra_keys.iter().map(String::as_str)) {
-            if exchange.is_empty() {
+            if ex.name.is_empty() {
                 if let Some(q) = self.queues.get(key) {
                     targets.push(q.name.clone());
                 }
@@ -351,13 +342,16 @@ impl State {
                     tracing::warn!(queue = %dead.queue, "dead letter with an undecodable header dropped");
                     continue;
                 };
-                self.route(
-                    &dead.target.exchange,
-                    &copy.msg.routing_key,
-                    &copy.extra_keys,
-                    Some(&copy.headers),
-                    &mut targets,
-                );
+                targets.clear();
+                if let Some(ex) = self.exchanges.get(&dead.target.exchange) {
+                    self.route(
+                        ex,
+                        &copy.msg.routing_key,
+                        &copy.extra_keys,
+                        Some(&copy.headers),
+                        &mut targets,
+                    );
+                }
                 if dead.reason != Reason::Rejected {
                     targets.retain(|q| {
                         let cycle = deadletter::is_cycle(&copy.headers, q);
@@ -374,10 +368,11 @@ impl State {
 
     // ---- deliveries ----
 
-    pub(super) fn dispatch_all(&mut self, mut queues: Vec<Arc<str>>) {
+    /// [`Self::dispatch`] for each of `queues` once; leaves `queues` empty.
+    pub(super) fn dispatch_all(&mut self, queues: &mut Vec<Arc<str>>) {
         queues.sort_unstable();
         queues.dedup();
-        for q in queues {
+        for q in queues.drain(..) {
             self.dispatch(&q);
         }
     }
@@ -547,9 +542,12 @@ impl State {
     /// `basic.ack`.
     pub fn ack(&mut self, key: ChannelKey, tag: u64, multiple: bool) -> Result<(), AmqpError> {
         let settled = self.channel(key).settle(tag, multiple)?;
-        let touched = self.release_credit(key, &settled);
-        self.forget_settled(&settled);
-        self.dispatch_all(touched);
+        let mut touched = std::mem::take(&mut self.touched_buf);
+        self.release_credit(key, settled.as_slice(), &mut touched);
+        self.forget_settled(settled.as_slice());
+        drop(settled);
+        self.dispatch_all(&mut touched);
+        self.touched_buf = touched;
         Ok(())
     }
 
@@ -563,8 +561,9 @@ impl State {
         multiple: bool,
         requeue: bool,
     ) -> Result<(), AmqpError> {
-        let settled = self.channel(key).settle(tag, multiple)?;
-        let mut touched = self.release_credit(key, &settled);
+        let settled = self.channel(key).settle(tag, multiple)?.into_vec();
+        let mut touched = Vec::new();
+        self.release_credit(key, &settled, &mut touched);
         if requeue {
             touched.extend(self.requeue(settled));
         } else {
@@ -575,7 +574,7 @@ impl State {
                 }
             }
         }
-        self.dispatch_all(touched);
+        self.dispatch_all(&mut touched);
         Ok(())
     }
 
@@ -584,17 +583,22 @@ impl State {
     /// deliveries they had buffered when `recover-ok` arrives.
     pub fn recover(&mut self, key: ChannelKey) {
         let settled: Vec<Unacked> = self.channel(key).unacked.drain(..).collect();
-        let mut touched = self.release_credit(key, &settled);
+        let mut touched = Vec::new();
+        self.release_credit(key, &settled, &mut touched);
         touched.extend(self.requeue(settled));
         let ch = self.channel(key);
         ch.deferred.extend(touched);
         ch.outbox.mark_starved();
     }
 
-    /// Gives consumers back the credit their settled deliveries held; returns the
-    /// queues that may now deliver more.
-    pub(super) fn release_credit(&mut self, key: ChannelKey, settled: &[Unacked]) -> Vec<Arc<str>> {
-        let mut touched = Vec::new();
+    /// Gives consumers back the credit their settled deliveries held; adds the queues
+    /// that may now deliver more to `touched`.
+    pub(super) fn release_credit(
+        &mut self,
+        key: ChannelKey,
+        settled: &[Unacked],
+        touched: &mut Vec<Arc<str>>,
+    ) {
         for u in settled {
             let Some(q) = self.queues.get_mut(&u.queue) else {
                 continue;
@@ -612,7 +616,6 @@ impl State {
         if ch.prefetch_global != 0 {
             touched.extend(ch.consumers.values().cloned());
         }
-        touched
     }
 
     /// Puts settled deliveries back into their queues (if the queue still exists), with

@@ -173,7 +173,7 @@ impl OpenChannel {
     }
 
     /// Removes the unacknowledged deliveries an ack, nack or reject names.
-    fn settle(&mut self, tag: u64, multiple: bool) -> Result<Vec<Unacked>, AmqpError> {
+    fn settle(&mut self, tag: u64, multiple: bool) -> Result<Settled, AmqpError> {
         if multiple {
             // As RabbitMQ: everything up to the tag (0: everything), no error if none.
             let end = if tag == 0 {
@@ -181,13 +181,40 @@ impl OpenChannel {
             } else {
                 self.unacked.partition_point(|u| u.tag <= tag)
             };
-            return Ok(self.unacked.drain(..end).collect());
+            return Ok(Settled::Many(self.unacked.drain(..end).collect()));
         }
-        let at = self
-            .unacked
-            .binary_search_by_key(&tag, |u| u.tag)
-            .map_err(|_| AmqpError::precondition_failed(format!("unknown delivery tag {tag}")))?;
-        Ok(self.unacked.remove(at).into_iter().collect())
+        // Consumers mostly settle in delivery order: the oldest first.
+        let at = match self.unacked.front() {
+            Some(oldest) if oldest.tag == tag => Ok(0),
+            _ => self.unacked.binary_search_by_key(&tag, |u| u.tag),
+        };
+        at.ok()
+            .and_then(|at| self.unacked.remove(at))
+            .map(Settled::One)
+            .ok_or_else(|| AmqpError::precondition_failed(format!("unknown delivery tag {tag}")))
+    }
+}
+
+/// The deliveries one ack, nack or reject settled: one (without allocating), or many.
+#[derive(Debug)]
+enum Settled {
+    One(Unacked),
+    Many(Vec<Unacked>),
+}
+
+impl Settled {
+    fn as_slice(&self) -> &[Unacked] {
+        match self {
+            Settled::One(one) => std::slice::from_ref(one),
+            Settled::Many(many) => many,
+        }
+    }
+
+    fn into_vec(self) -> Vec<Unacked> {
+        match self {
+            Settled::One(one) => vec![one],
+            Settled::Many(many) => many,
+        }
     }
 }
 
@@ -259,6 +286,8 @@ pub struct State {
     pub(crate) next_queue_id: u64,
     /// Reused routing buffer.
     route_buf: Vec<Arc<str>>,
+    /// Reused buffer of the queues an ack gave credit back to.
+    touched_buf: Vec<Arc<str>>,
     /// Where durable topology and persistent messages go; `None` keeps them in memory.
     pub(crate) store: Option<Arc<Store>>,
     /// Message and queue expiry timers, and the clock.
@@ -329,7 +358,7 @@ impl State {
             self.remove_consumer(&queue, &tag);
             touched.push(queue);
         }
-        self.dispatch_all(touched);
+        self.dispatch_all(&mut touched);
     }
 
     /// Forgets a connection: its channels close and its exclusive queues are deleted.
@@ -361,7 +390,7 @@ impl State {
             queues.extend(ch.consumers.values().cloned());
             queues.append(&mut ch.deferred);
         }
-        self.dispatch_all(queues);
+        self.dispatch_all(&mut queues);
     }
 
     fn channel(&mut self, key: ChannelKey) -> &mut OpenChannel {
