@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod handshake;
+mod read_size;
 mod writer;
 
 use crate::broker::Broker;
@@ -18,7 +19,9 @@ use crate::channel::ChannelState;
 use crate::codec::frame::{RawFrame, next_frame, starts_with_publish};
 use crate::codec::method::{method_ids, parse_method, put_method};
 use crate::codec::{FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD};
-use crate::config::{ALARM_POLL, CLOSE_TIMEOUT, HANDSHAKE_TIMEOUT, OUTBOX_HIGH_WATER};
+use crate::config::{
+    ALARM_POLL, CLOSE_TIMEOUT, HANDSHAKE_TIMEOUT, OUTBOX_HIGH_WATER, READ_SIZE_MIN,
+};
 use crate::error::{AmqpError, code};
 use crate::fast_map::FastMap;
 use crate::outbox::{Outbox, batch};
@@ -27,6 +30,7 @@ use crate::sessions::Stop;
 use amq_protocol::protocol::{AMQPClass, connection};
 use bytes::BytesMut;
 use handshake::{Negotiated, handshake};
+use read_size::ReadSize;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,9 +38,6 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio_util::sync::CancellationToken;
-
-/// Initial read buffer; it grows to the largest frame seen, at most `frame_max`.
-const READ_BUFFER: usize = 4096;
 
 /// What the reader does after a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +75,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let mut rbuf = BytesMut::with_capacity(READ_BUFFER);
+    let mut rbuf = BytesMut::with_capacity(READ_SIZE_MIN);
     let id = broker.next_connection_id();
     let (tuning, session) = match tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
@@ -157,6 +158,7 @@ impl Connection {
         // A peer is dead after two silent heartbeat intervals.
         let idle_limit = heartbeat.map_or(Duration::MAX, |h| h * 2);
         let mut close_deadline: Option<tokio::time::Instant> = None;
+        let mut read_size = ReadSize::default();
         loop {
             // Revoked (or shut down) while frames were in flight: handle none of them
             // with the old permissions. Also catches a revocation during the handshake.
@@ -192,12 +194,13 @@ impl Connection {
             if self.outbox.is_closed() {
                 return;
             }
+            let room = read_size.make_room(&mut rbuf);
             tokio::select! {
                 biased;
                 () = stop.cancelled(), if !self.closing => self.forced_close(stop),
                 read = tokio::time::timeout(wait, reader.read_buf(&mut rbuf)) => match read {
                     Ok(Ok(0) | Err(_)) => return,
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(read)) => read_size.after_read(read, room),
                     Err(_) if self.closing => return,
                     Err(_) => {
                         tracing::info!(conn = self.id, "missed heartbeats from client; closing the connection");
