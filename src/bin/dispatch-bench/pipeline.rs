@@ -15,7 +15,7 @@ use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
 /// Writes handed to lapin and not yet on the socket, at most.
-pub const DEPTH: usize = 64;
+pub const DEPTH: usize = 256;
 
 /// Pending writes of one task; see the module doc.
 pub struct Pipeline<F> {

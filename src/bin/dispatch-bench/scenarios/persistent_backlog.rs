@@ -35,6 +35,7 @@ use super::persistent_confirms::{
 };
 use super::{Backlog, Ctx, Outcome};
 use crate::flow::{self, CONFIRM_TIMEOUT, STEP_TIMEOUT, within};
+use crate::pipeline::Pipeline;
 use crate::probe::{self, Probe, TICKS_PER_SECOND};
 
 /// Pause before reading RSS and disk use with the backlog queued.
@@ -187,6 +188,7 @@ async fn drain(channel: &Channel, queue: &str, count: u64, drained: &AtomicU64) 
         ),
     )
     .await?;
+    let mut acks = Pipeline::new();
     let mut done = 0;
     while done < count {
         let delivery = match tokio::time::timeout(CONFIRM_TIMEOUT, consumer.next()).await {
@@ -196,14 +198,19 @@ async fn drain(channel: &Channel, queue: &str, count: u64, drained: &AtomicU64) 
             Ok(None) => bail!("the consumer was cancelled after {done} of {count} deliveries"),
             Ok(Some(delivery)) => delivery.context("consuming")?,
         };
-        delivery
-            .ack(BasicAckOptions::default())
-            .await
-            .context("acking")?;
+        let acker = delivery.acker;
+        acks.push(
+            async move { acker.ack(BasicAckOptions::default()).await },
+            "acking",
+        )
+        .await?;
         done += 1;
         drained.store(done, Ordering::Relaxed);
     }
-    Ok(())
+    match tokio::time::timeout(CONFIRM_TIMEOUT, acks.finish("acking")).await {
+        Ok(finished) => finished.map(drop),
+        Err(_) => bail!("the last acks were not written within {CONFIRM_TIMEOUT:?}"),
+    }
 }
 
 /// Runs `work`, printing `counter` against `total` to stderr every [`PROGRESS_EVERY`].
