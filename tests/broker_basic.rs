@@ -428,6 +428,28 @@ async fn an_ack_with_multiple_settles_every_earlier_delivery() {
 }
 
 #[tokio::test]
+async fn acks_in_any_order_settle_exactly_the_deliveries_they_name() {
+    let broker = TestBroker::start().await;
+    let conn = connect(&broker).await;
+    let name = queue_with(&conn, "ack-any-order", 4).await;
+    let ch = channel(&conn).await;
+    let mut consumer = consume(&ch, &name, BasicConsumeOptions::default()).await;
+    let got = next_deliveries(&mut consumer, 4).await;
+    // The third, then the oldest, then the last: m1 stays unacknowledged.
+    for i in [2, 0, 3] {
+        timeout(got[i].ack(BasicAckOptions::default()))
+            .await
+            .unwrap();
+    }
+    timeout(ch.close(200, "done".into())).await.unwrap();
+    let ch = channel(&conn).await;
+    let left = get(&ch, &name).await.expect("the unacked one");
+    assert_eq!(body(&left.delivery), "m1");
+    assert!(left.delivery.redelivered);
+    assert!(get(&ch, &name).await.is_none());
+}
+
+#[tokio::test]
 async fn an_ack_of_tag_zero_with_multiple_settles_everything_outstanding() {
     let broker = TestBroker::start().await;
     let conn = connect(&broker).await;

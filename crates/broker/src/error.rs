@@ -92,9 +92,6 @@ impl AmqpError {
     pub fn frame_error(text: impl fmt::Display) -> Self {
         Self::new(code::FRAME_ERROR, text)
     }
-    pub fn syntax_error(text: impl fmt::Display) -> Self {
-        Self::new(code::SYNTAX_ERROR, text)
-    }
     pub fn command_invalid(text: impl fmt::Display) -> Self {
         Self::new(code::COMMAND_INVALID, text)
     }

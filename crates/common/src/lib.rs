@@ -22,9 +22,6 @@ pub const PRODUCT: &str = "dispatch";
 /// The crate version, announced by every daemon.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// The IANA port of AMQP 0-9-1, where brokers listen unless told otherwise.
-pub const DEFAULT_AMQP_PORT: u16 = 5672;
-
 /// The address the standalone broker binds when `--listen` is not given.
 pub const DEFAULT_BROKER_LISTEN: &str = "127.0.0.1:5672";
 
