@@ -32,6 +32,10 @@ pub const READ_SIZE_MIN: usize = 4096;
 /// dispatch-bench (transient, 256-byte messages): 16 KiB took 30–40 % less broker CPU per
 /// message than 4 KiB; larger sizes brought no more.
 pub const READ_SIZE_MAX: usize = 16384;
+/// Small reads in a row (under a quarter of the read size) after which a connection's
+/// grown read buffer is given back: a few, so traffic that alternates between large and
+/// small reads does not reallocate the buffer each time.
+pub const READ_SIZE_QUIET_READS: u32 = 8;
 
 /// How long `dispatch-broker`'s runtime thread pauses before parking while wake-ups
 /// coalesce (see [`crate::coalesce`]): the most a message waits for company.

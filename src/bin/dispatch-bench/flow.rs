@@ -186,11 +186,27 @@ async fn publish_into_window(
         {
             break;
         }
-        let permit = window
-            .clone()
-            .acquire_owned()
-            .await
-            .context("confirm window closed")?;
+        // Pending writes hold window slots until they reach the collector, so they are
+        // collected while waiting for a free slot.
+        let permit = loop {
+            if let Ok(permit) = window.clone().try_acquire_owned() {
+                break permit;
+            }
+            match publishes.next("publishing").await? {
+                Some(written) => {
+                    if !hand_to_collector(pending, vec![written]) {
+                        return Ok(());
+                    }
+                }
+                None => {
+                    break window
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .context("confirm window closed")?;
+                }
+            }
+        };
         let publish = message.publish_on(channel);
         let written = publishes
             .push(
@@ -218,7 +234,8 @@ fn hand_to_collector(
         .all(|confirm| pending.send(confirm).is_ok())
 }
 
-/// Awaits confirms in publish order, releasing one window slot per confirm.
+/// Awaits confirms in the order their publishes were written, releasing one window slot
+/// per confirm.
 async fn collect_confirms(
     mut awaiting: mpsc::UnboundedReceiver<(PublisherConfirm, OwnedSemaphorePermit)>,
     confirmed: Arc<AtomicU64>,
@@ -263,18 +280,28 @@ pub fn spawn_counter(
         while let Some(delivery) = consumer.next().await {
             let acker = delivery.context("consuming")?.acker;
             if settle == Settle::AckEach {
-                acks.push(
-                    async move { acker.ack(BasicAckOptions::default()).await },
-                    "acking",
-                )
-                .await?;
+                let sent = acks
+                    .push(
+                        async move { acker.ack(BasicAckOptions::default()).await },
+                        "acking",
+                    )
+                    .await?;
+                all_sent(&sent)?;
             }
             counter.fetch_add(1, Ordering::Relaxed);
             credit.give_back();
         }
-        acks.finish("acking").await?;
-        Ok(())
+        all_sent(&acks.finish("acking").await?)
     });
+}
+
+/// Checks the results of `basic.ack` writes: lapin answers `false` for an ack it could not
+/// send (its channel is closed).
+pub fn all_sent(acks: &[bool]) -> Result<()> {
+    if acks.contains(&false) {
+        bail!("an ack was not sent: the consumer's channel is closed");
+    }
+    Ok(())
 }
 
 /// A rate over the measured window, with broker CPU per counted unit when known.

@@ -37,7 +37,8 @@ where
     pub async fn push(&mut self, write: F, what: &str) -> Result<Vec<T>> {
         self.pending.push(write);
         let mut done = Vec::new();
-        // Polling queues the new write's frames, and collects whatever finished.
+        // Polling hands the new write to lapin (it queues the frames when first polled)
+        // and collects whatever finished.
         while let Some(Some(finished)) = self.pending.next().now_or_never() {
             done.push(finished.with_context(|| what.to_owned())?);
         }
@@ -47,6 +48,15 @@ where
             }
         }
         Ok(done)
+    }
+
+    /// Waits for the next pending write to finish; `None` if none is pending.
+    pub async fn next(&mut self, what: &str) -> Result<Option<T>> {
+        self.pending
+            .next()
+            .await
+            .transpose()
+            .with_context(|| what.to_owned())
     }
 
     /// Waits for every pending write.

@@ -113,7 +113,6 @@ impl State {
         msg: Arc<Message>,
         confirm: Option<Confirm>,
     ) -> Result<(Routed, Option<Confirm>), AmqpError> {
-        let mut targets = std::mem::take(&mut self.route_buf);
         let ex = self
             .exchanges
             .get(exchange)
@@ -123,6 +122,7 @@ impl State {
                 "cannot publish to internal exchange '{exchange}' in vhost '/'"
             )));
         }
+        let mut targets = std::mem::take(&mut self.route_buf);
         self.route(ex, &msg.routing_key, extra_keys, headers, &mut targets);
         let routed = targets.len();
         let (rejected, confirm) = self.place(&targets, &msg, expiration_ms, confirm);

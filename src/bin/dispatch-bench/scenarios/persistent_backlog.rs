@@ -199,16 +199,18 @@ async fn drain(channel: &Channel, queue: &str, count: u64, drained: &AtomicU64) 
             Ok(Some(delivery)) => delivery.context("consuming")?,
         };
         let acker = delivery.acker;
-        acks.push(
-            async move { acker.ack(BasicAckOptions::default()).await },
-            "acking",
-        )
-        .await?;
+        let sent = acks
+            .push(
+                async move { acker.ack(BasicAckOptions::default()).await },
+                "acking",
+            )
+            .await?;
+        flow::all_sent(&sent)?;
         done += 1;
         drained.store(done, Ordering::Relaxed);
     }
     match tokio::time::timeout(CONFIRM_TIMEOUT, acks.finish("acking")).await {
-        Ok(finished) => finished.map(drop),
+        Ok(finished) => flow::all_sent(&finished?),
         Err(_) => bail!("the last acks were not written within {CONFIRM_TIMEOUT:?}"),
     }
 }
