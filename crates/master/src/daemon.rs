@@ -11,8 +11,9 @@
 //! its clients).
 
 use crate::authority::{Accepted, RegistryAuthority, SharedRegistry};
+use crate::connected::Connected;
 use crate::history::{History, PRUNE_EVERY};
-use crate::jobs::{Jobs, PROBE_CHANNELS};
+use crate::jobs::Jobs;
 use crate::layout::{DataDir, LOCAL_OPERATOR_ID, MASTER_ID};
 use crate::presence::PresenceBook;
 use crate::registry::{AutoAccept, Registry};
@@ -203,7 +204,7 @@ async fn serve(
         presence.clone(),
         history.clone(),
         publisher,
-        probe_channels(&connection).await?,
+        Connected::open(broker.clone(), &connection).await?,
         connection.clone(),
     );
     let scheduler = Scheduler::open(jobs.clone(), history.clone(), Arc::new(SystemClock))?;
@@ -312,15 +313,6 @@ async fn serve(
     tracing::info!("shutting down");
     let _ = connection.close(200, "master shutting down".into()).await;
     Ok(())
-}
-
-/// The channels that ask the broker which minions are connected.
-async fn probe_channels(connection: &lapin::Connection) -> lapin::Result<Vec<Channel>> {
-    let mut channels = Vec::with_capacity(PROBE_CHANNELS);
-    for _ in 0..PROBE_CHANNELS {
-        channels.push(connection.create_channel().await?);
-    }
-    Ok(channels)
 }
 
 /// A channel with a prefetch and a consumer on `queue`.

@@ -15,12 +15,12 @@
 //! summary, and the job goes on without it: late returns are still recorded.
 
 use crate::authority::SharedRegistry;
+use crate::connected::Connected;
 use crate::history::{History, MAX_WAIT};
 use crate::layout::MASTER_ID;
 use crate::presence::PresenceBook;
 use crate::rpc::{Caller, Responder};
 use crate::store::{JobRecord, JobStore};
-use crate::topology;
 use dispatch_common::client::PERSISTENT;
 use dispatch_common::envelope::{Envelope, domain};
 use dispatch_common::keys::KeyPair;
@@ -34,7 +34,7 @@ use dispatch_common::target::Target;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection};
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use uuid::Uuid;
@@ -44,8 +44,6 @@ use uuid::Uuid;
 const BCC_CHUNK: usize = 1000;
 /// Longest time a command may wait for an offline minion.
 const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
-/// Channels that ask the broker, in parallel, which minions are connected.
-pub const PROBE_CHANNELS: usize = 4;
 /// Most arguments and environment entries a command may carry, together.
 const MAX_ARGS: usize = 4096;
 
@@ -83,8 +81,8 @@ pub struct Jobs {
     pub history: Arc<History>,
     /// Publishes commands, in confirm mode.
     pub publisher: Channel,
-    /// Asks the broker who is connected; reopened after a failed passive declare.
-    pub probes: Vec<Arc<tokio::sync::Mutex<Channel>>>,
+    /// Asks the broker who is connected.
+    pub connected: Connected,
     pub connection: Arc<Connection>,
     active: Mutex<HashMap<Uuid, Active>>,
 }
@@ -113,7 +111,7 @@ impl Jobs {
         presence: Arc<PresenceBook>,
         history: Arc<History>,
         publisher: Channel,
-        probes: Vec<Channel>,
+        connected: Connected,
         connection: Arc<Connection>,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -124,10 +122,7 @@ impl Jobs {
             responder: history.responder.clone(),
             history,
             publisher,
-            probes: probes
-                .into_iter()
-                .map(|c| Arc::new(tokio::sync::Mutex::new(c)))
-                .collect(),
+            connected,
             connection,
             active: Mutex::default(),
         })
@@ -174,7 +169,7 @@ impl Jobs {
                 spec.target
             ));
         }
-        let connected = self.connected(&expected).await;
+        let connected = self.connected.among(&expected).await;
         let (online, offline): (Vec<String>, BTreeSet<String>) = (
             expected
                 .iter()
@@ -325,39 +320,6 @@ impl Jobs {
             .collect();
         ids.sort();
         ids
-    }
-
-    /// Which of `ids` consume their queue now, asked of the broker over the probe
-    /// channels in parallel; a broker error counts as not connected.
-    async fn connected(&self, ids: &[String]) -> HashSet<String> {
-        let mut probes = tokio::task::JoinSet::new();
-        let chunk = ids.len().div_ceil(self.probes.len()).max(1);
-        for (ids, probe) in ids.chunks(chunk).zip(&self.probes) {
-            let (ids, probe, connection) = (ids.to_vec(), probe.clone(), self.connection.clone());
-            probes.spawn(async move {
-                let mut channel = probe.lock().await;
-                let mut up = Vec::new();
-                for id in ids {
-                    match topology::is_consuming(&channel, &id).await {
-                        Ok(true) => up.push(id),
-                        Ok(false) => {}
-                        Err(e) => {
-                            tracing::warn!(%id, "cannot ask the broker whether the minion is connected: {e}");
-                            // A failed passive declare closes the channel: open another.
-                            if let Ok(fresh) = connection.create_channel().await {
-                                *channel = fresh;
-                            }
-                        }
-                    }
-                }
-                up
-            });
-        }
-        let mut connected = HashSet::new();
-        while let Some(done) = probes.join_next().await {
-            connected.extend(done.unwrap_or_default());
-        }
-        connected
     }
 
     /// Publishes the command to `targets`: by the target's own binding when it reaches
@@ -540,7 +502,7 @@ impl Jobs {
         let mut records = self.registry.lock().accepted_with_role(Role::Minion);
         records.sort_by(|a, b| a.id.cmp(&b.id));
         let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
-        let connected = self.connected(&ids).await;
+        let connected = self.connected.among(&ids).await;
         let mut minions = Vec::with_capacity(records.len());
         for record in records {
             let last = self.presence.last(&record.id);

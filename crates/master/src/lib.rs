@@ -23,6 +23,7 @@
 pub mod authority;
 pub mod cli;
 pub mod client;
+pub mod connected;
 pub mod daemon;
 pub mod events_cmd;
 pub mod history;

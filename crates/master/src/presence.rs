@@ -1,7 +1,7 @@
 //! What the master knows of each minion's presence: the last announcement (`up`,
 //! heartbeat, `down`) it made on the events exchange, verified like a reply, and its
 //! version. Whether a minion is connected *now* is asked of the broker instead (see
-//! [`crate::topology::is_consuming`]): an announcement can be stale, a consumer cannot.
+//! [`crate::connected`]): an announcement can be stale, a consumer cannot.
 
 use crate::authority::SharedRegistry;
 use dispatch_common::envelope::{Envelope, domain};

@@ -90,6 +90,14 @@ impl State {
 
     // ---- queues ----
 
+    /// Whether queue `name` has a consumer now; a queue that does not exist has none. What
+    /// a passive `queue.declare` reports as its consumer count, asked in process.
+    pub fn has_consumers(&self, name: &str) -> bool {
+        self.queues
+            .get(name)
+            .is_some_and(|q| !q.consumers.is_empty())
+    }
+
     /// Declares (or checks) a queue; returns its name, message count and consumer count.
     pub fn declare_queue(
         &mut self,
