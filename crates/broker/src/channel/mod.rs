@@ -59,7 +59,7 @@ impl Connection {
             return self.on_frame_of_closing_channel(&frame);
         }
         let result = if frame.kind == FRAME_METHOD {
-            self.on_method(ch, &frame.payload)
+            self.on_method(ch, frame.payload)
         } else {
             self.on_content(ch, frame)
         };
@@ -75,7 +75,7 @@ impl Connection {
     fn on_unopened_channel(&mut self, frame: &RawFrame) -> Result<(), AmqpError> {
         let opening = frame.kind == FRAME_METHOD
             && matches!(
-                parse_method(&frame.payload),
+                parse_method(frame.payload),
                 Ok(AMQPClass::Channel(channel::AMQPMethod::Open(_)))
             );
         if !opening {
@@ -105,7 +105,7 @@ impl Connection {
         if frame.kind != FRAME_METHOD {
             return Ok(());
         }
-        match parse_method(&frame.payload) {
+        match parse_method(frame.payload) {
             Ok(AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))) => {
                 self.channels.remove(&frame.channel);
             }
@@ -144,7 +144,7 @@ impl Connection {
         self.channels.entry(ch).or_default()
     }
 
-    fn on_method(&mut self, ch: u16, payload: &bytes::Bytes) -> Result<(), AmqpError> {
+    fn on_method(&mut self, ch: u16, payload: &[u8]) -> Result<(), AmqpError> {
         if is_publish(payload) {
             return self.on_publish(ch, payload);
         }

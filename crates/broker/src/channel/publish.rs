@@ -134,8 +134,7 @@ impl Connection {
         };
         match (frame.kind, &pending.header) {
             (FRAME_HEADER, None) => {
-                let header =
-                    parse_content_header(&frame.payload).map_err(AmqpError::frame_error)?;
+                let header = parse_content_header(frame.payload).map_err(AmqpError::frame_error)?;
                 if header.class_id != CLASS_BASIC {
                     return Err(AmqpError::frame_error(format!(
                         "content header of class {}; only basic (60) has content",
@@ -155,7 +154,7 @@ impl Connection {
                 }
                 let complete = header.body_size == 0;
                 pending._charge = Some(MemoryCharge::new(header.body_size as usize));
-                pending.header = Some((Bytes::copy_from_slice(&frame.payload), header));
+                pending.header = Some((Bytes::copy_from_slice(frame.payload), header));
                 if complete {
                     return self.complete_publish(ch, Bytes::new());
                 }
@@ -168,12 +167,12 @@ impl Connection {
                     )));
                 }
                 if pending.body.is_empty() && frame.payload.len() == expected {
-                    return self.complete_publish(ch, Bytes::copy_from_slice(&frame.payload));
+                    return self.complete_publish(ch, Bytes::copy_from_slice(frame.payload));
                 }
                 if pending.body.is_empty() {
                     pending.body.reserve(expected.min(PENDING_BODY_RESERVE));
                 }
-                pending.body.extend_from_slice(&frame.payload);
+                pending.body.extend_from_slice(frame.payload);
                 if pending.body.len() == expected {
                     let body = std::mem::take(&mut pending.body).freeze();
                     return self.complete_publish(ch, body);

@@ -3,17 +3,26 @@
 //! A frame is `type:u8 channel:u16 size:u32 payload[size] 0xCE`. The size comes from the
 //! network, so it is compared with the negotiated `frame_max` before a single payload
 //! byte is waited for; a partial frame is `Ok(None)` and stays in the buffer, which makes
-//! reading cancel-safe (the buffer, not the future, owns the bytes).
+//! reading cancel-safe (the buffer, not the future, owns the bytes). A complete frame is
+//! lent out of the buffer as it is, and the caller advances past it once it is handled:
+//! what a message keeps is copied, so nothing is reference-counted per frame.
 
 use super::{FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, FRAME_OVERHEAD};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::BytesMut;
 
-/// One frame as received; the payload is a cheap slice of the read buffer.
+/// One frame as received, borrowed from the read buffer.
 #[derive(Debug)]
-pub struct RawFrame {
+pub struct RawFrame<'a> {
     pub kind: u8,
     pub channel: u16,
-    pub payload: Bytes,
+    pub payload: &'a [u8],
+}
+
+impl RawFrame<'_> {
+    /// Bytes the frame takes in the read buffer, to advance past once it is handled.
+    pub fn wire_len(&self) -> usize {
+        self.payload.len() + FRAME_OVERHEAD
+    }
 }
 
 /// A frame the broker cannot accept; each is a connection error (501 FRAME_ERROR).
@@ -27,9 +36,10 @@ pub enum FrameError {
     UnknownType(u8),
 }
 
-/// Cuts the next complete frame from `buf`. `Ok(None)`: more bytes are needed; the
-/// caller reads more and calls again.
-pub fn next_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<RawFrame>, FrameError> {
+/// The next complete frame at the start of `buf`; the caller advances `buf` by its
+/// [`RawFrame::wire_len`] once it is handled. `Ok(None)`: more bytes are needed (room for
+/// them is reserved); the caller reads more and calls again.
+pub fn next_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<RawFrame<'_>>, FrameError> {
     if buf.len() < 7 {
         return Ok(None);
     }
@@ -56,14 +66,10 @@ pub fn next_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<RawFrame>
     if end != FRAME_END {
         return Err(FrameError::BadEnd(end));
     }
-    let channel = u16::from_be_bytes([buf[1], buf[2]]);
-    buf.advance(7);
-    let payload = buf.split_to(size).freeze();
-    buf.advance(1);
     Ok(Some(RawFrame {
         kind,
-        channel,
-        payload,
+        channel: u16::from_be_bytes([buf[1], buf[2]]),
+        payload: &buf[7..7 + size],
     }))
 }
 
@@ -93,6 +99,7 @@ pub fn put_frame(out: &mut Vec<u8>, kind: u8, channel: u16, fill: impl FnOnce(&m
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Buf;
 
     fn frame(kind: u8, payload: &[u8]) -> BytesMut {
         let mut v = Vec::new();
@@ -106,10 +113,11 @@ mod tests {
         buf.extend_from_slice(&[FRAME_BODY, 0]);
         let f = next_frame(&mut buf, 4096).unwrap().unwrap();
         assert_eq!(
-            (f.kind, f.channel, &f.payload[..]),
-            (FRAME_BODY, 3, &b"hello"[..])
+            (f.kind, f.channel, f.payload, f.wire_len()),
+            (FRAME_BODY, 3, &b"hello"[..], 13)
         );
-        assert_eq!(buf.len(), 2);
+        buf.advance(13);
+        assert_eq!(&buf[..], &[FRAME_BODY, 0]);
     }
 
     #[test]

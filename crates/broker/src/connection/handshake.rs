@@ -21,7 +21,7 @@ use crate::queue::ConnId;
 use crate::sessions::Session;
 use amq_protocol::protocol::{AMQPClass, connection};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use dispatch_common::names::MAX_NAME_LEN;
 use dispatch_common::sasl::{self, Challenge, Proof};
 use std::net::SocketAddr;
@@ -326,17 +326,20 @@ async fn read_method(
             }
             Err(e) => return Err(HandshakeError::Refused(AmqpError::frame_error(e))),
         };
-        match (frame.kind, frame.channel) {
-            (FRAME_HEARTBEAT, _) => continue,
-            (FRAME_METHOD, 0) => {
-                return parse_method(&frame.payload)
-                    .map_err(|e| HandshakeError::Refused(AmqpError::frame_error(e)));
-            }
-            _ => {
-                return Err(HandshakeError::Refused(AmqpError::unexpected_frame(
-                    "only connection methods are allowed before connection.open-ok",
-                )));
-            }
+        let len = frame.wire_len();
+        let method = match (frame.kind, frame.channel) {
+            (FRAME_HEARTBEAT, _) => None,
+            (FRAME_METHOD, 0) => Some(
+                parse_method(frame.payload)
+                    .map_err(|e| HandshakeError::Refused(AmqpError::frame_error(e))),
+            ),
+            _ => Some(Err(HandshakeError::Refused(AmqpError::unexpected_frame(
+                "only connection methods are allowed before connection.open-ok",
+            )))),
+        };
+        rbuf.advance(len);
+        if let Some(method) = method {
+            return method;
         }
     }
 }

@@ -28,7 +28,7 @@ use crate::outbox::{Outbox, batch};
 use crate::queue::ConnId;
 use crate::sessions::Stop;
 use amq_protocol::protocol::{AMQPClass, connection};
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use handshake::{Negotiated, handshake};
 use read_size::ReadSize;
 use std::net::SocketAddr;
@@ -285,7 +285,10 @@ impl Connection {
             match next_frame(rbuf, self.tuning.frame_max) {
                 Ok(Some(frame)) => {
                     crate::coalesce::note_frames(1);
-                    if self.on_frame(frame) == Flow::Done {
+                    let len = frame.wire_len();
+                    let flow = self.on_frame(frame);
+                    rbuf.advance(len);
+                    if flow == Flow::Done {
                         return Flow::Done;
                     }
                     if self.held.is_some() {
@@ -312,7 +315,7 @@ impl Connection {
             (FRAME_HEARTBEAT, _) => Err(AmqpError::frame_error(
                 "heartbeat frame on a non-zero channel",
             )),
-            (FRAME_METHOD, 0) => self.on_connection_method(&frame.payload),
+            (FRAME_METHOD, 0) => self.on_connection_method(frame.payload),
             (FRAME_HEADER | FRAME_BODY, 0) => {
                 Err(AmqpError::command_invalid("content frame on channel 0"))
             }
@@ -337,7 +340,7 @@ impl Connection {
         if frame.kind != FRAME_METHOD || frame.channel != 0 {
             return Flow::Continue;
         }
-        match parse_method(&frame.payload) {
+        match parse_method(frame.payload) {
             Ok(AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) => Flow::Done,
             Ok(AMQPClass::Connection(connection::AMQPMethod::Close(_))) => {
                 self.send(
