@@ -374,3 +374,34 @@ async fn a_minion_takes_its_settings_from_a_config_file() {
         pairs(&[("app.01", "succeeded")])
     );
 }
+
+#[tokio::test]
+async fn the_cli_and_the_minion_say_when_the_broker_holds_back_publishes() {
+    use dispatch_common::keys::KeyPair;
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::load_or_create(&dir.path().join("web.1/minion.key")).unwrap();
+    let fingerprint = key.public().fingerprint().to_string();
+    // A free-space threshold no disk meets: the disk alarm is on from the start.
+    let master = Master::start(&[
+        "--disk-free-limit",
+        "1000000GB",
+        "--auto-accept-fingerprint",
+        &fingerprint,
+    ])
+    .await;
+    // The minion's first publish (its presence) is held back, and it says so.
+    let minion = Minion::start_in(&master, "web.1", &dir.path().join("web.1"), &[]).await;
+    minion
+        .daemon
+        .wait_for("the broker holds back this process's publishes (low on disk space)")
+        .await;
+    // The operator is told why at once, instead of waiting for an answer that cannot come.
+    let out = master.cli(&["minions"]).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("the broker holds back requests (low on disk space)"),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("--disk-free-limit"), "{out:?}");
+}

@@ -9,11 +9,31 @@
 //! attempt at once with that refusal as an `AuthProviderError`.
 
 use crate::sasl::SaslClient;
+use futures_lite::{Stream, StreamExt};
 use lapin::auth::AuthProvider;
 use lapin::types::{LongString, ShortString};
 use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties, ErrorKind};
 use tokio::sync::watch;
+
+/// Logs the broker blocking and unblocking a connection's publishes (`connection.blocked`:
+/// its disk or memory alarm), which would otherwise look like a hang. `events` comes from
+/// `Connection::events_listener`; runs until they end, so spawn it beside the connection
+/// and stop it with the connection.
+pub async fn log_blocking(events: impl Stream<Item = lapin::Event>) {
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            lapin::Event::ConnectionBlocked(reason) => tracing::warn!(
+                "the broker holds back this process's publishes ({reason}); they wait until it has room again"
+            ),
+            lapin::Event::ConnectionUnblocked => {
+                tracing::info!("the broker accepts this process's publishes again");
+            }
+            _ => {}
+        }
+    }
+}
 
 /// Whether `url` names a user and password.
 pub fn has_credentials(url: &str) -> bool {

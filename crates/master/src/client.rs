@@ -5,7 +5,7 @@ use dispatch_common::envelope::{Envelope, domain};
 use dispatch_common::keys::{Fingerprint, KeyPair, PublicKey};
 use dispatch_common::message::{KeyRequest, now_ms};
 use dispatch_common::names::{KEY_REQUESTS_QUEUE, MASTER_RPC_QUEUE};
-use dispatch_common::rpc::{Request, RequestBody, Response, ResponseBody, Role};
+use dispatch_common::rpc::{REQUEST_LIFETIME, Request, RequestBody, Response, ResponseBody, Role};
 use dispatch_common::sasl::SaslClient;
 use futures_lite::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
@@ -16,6 +16,9 @@ use std::time::Duration;
 
 /// How long the CLI waits to connect, and then for each answer.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the CLI waits for the broker to answer its `connection.close` (a blocked
+/// connection is not read until the broker's alarm clears).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why a call to the master failed; every one is exit code 2 for the CLI.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +31,39 @@ pub enum ClientError {
     Amqp(#[from] lapin::Error),
     #[error("the master's answer is not valid: {0}")]
     BadAnswer(String),
+    #[error(
+        "the broker holds back requests ({0}); free space on the master host \
+         (`dispatch master --disk-free-limit` sets how much it keeps free), then try again. \
+         The request just sent reaches the master only if room comes back within {secs} s",
+        secs = REQUEST_LIFETIME.as_secs()
+    )]
+    Blocked(String),
+}
+
+/// The connection's events, where the broker's `connection.blocked` arrives.
+type Events = std::pin::Pin<Box<dyn futures_lite::Stream<Item = lapin::Event> + Send>>;
+
+/// Waits for `work` unless the broker blocks `connection` first: a blocked request
+/// would sit unread until the alarm clears, and an operator is better told why now.
+async fn unless_blocked<T>(
+    events: &mut Events,
+    connection: &Connection,
+    work: impl Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            result = &mut work => return result,
+            event = events.next() => match event {
+                // Unless an unblock followed it while nobody was listening.
+                Some(lapin::Event::ConnectionBlocked(reason)) if connection.status().blocked() => {
+                    return Err(ClientError::Blocked(reason));
+                }
+                Some(_) => {}
+                None => return work.await,
+            },
+        }
+    }
 }
 
 /// The broker's own words when it refused the login, else the whole error.
@@ -123,6 +159,7 @@ pub struct MasterClient {
     /// The key the master's answers must be signed with, or, until the first answer
     /// shows it, the fingerprint that key must have.
     master: KnownMaster,
+    events: Events,
 }
 
 /// What the client knows of the master's key.
@@ -154,6 +191,7 @@ impl MasterClient {
         .await
         .map_err(|_| connect_error(format!("no answer within {RPC_TIMEOUT:?}")))?
         .map_err(|e| connect_error(refusal_text(&e)))?;
+        let events: Events = Box::pin(connection.events_listener());
         let channel = connection.create_channel().await?;
         let reply_queue = dispatch_common::client::private_queue(&channel, FieldTable::default())
             .await?
@@ -194,6 +232,7 @@ impl MasterClient {
                     reply_queue,
                     operator,
                     master: KnownMaster::Fingerprint(*fp),
+                    events,
                 };
                 if let ResponseBody::Error(reason) = client.call(RequestBody::Minions).await? {
                     return Err(connect_error(reason));
@@ -217,6 +256,7 @@ impl MasterClient {
             reply_queue,
             operator,
             master: KnownMaster::Key(master_key),
+            events,
         })
     }
 
@@ -231,17 +271,19 @@ impl MasterClient {
         let request = Request::new(body);
         let bytes = Envelope::seal(domain::RPC, &self.operator.key, &self.operator.id, &request);
         let correlation_id = uuid::Uuid::now_v7().to_string();
-        self.channel
-            .basic_publish(
-                "".into(),
-                MASTER_RPC_QUEUE.into(),
-                BasicPublishOptions::default(),
-                &bytes,
-                BasicProperties::default()
-                    .with_reply_to(self.reply_queue.as_str().into())
-                    .with_correlation_id(correlation_id.as_str().into()),
-            )
-            .await?;
+        let publish = self.channel.basic_publish(
+            "".into(),
+            MASTER_RPC_QUEUE.into(),
+            BasicPublishOptions::default(),
+            &bytes,
+            BasicProperties::default()
+                .with_reply_to(self.reply_queue.as_str().into())
+                .with_correlation_id(correlation_id.as_str().into()),
+        );
+        unless_blocked(&mut self.events, &self.connection, async {
+            Ok(publish.await?)
+        })
+        .await?;
         Ok(Call {
             nonce: request.nonce,
             correlation_id,
@@ -257,10 +299,14 @@ impl MasterClient {
     ) -> Result<ResponseBody, ClientError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let delivery = tokio::time::timeout_at(deadline, self.replies.next())
-                .await
-                .map_err(|_| ClientError::Timeout(wait))?
-                .ok_or_else(|| ClientError::BadAnswer("the reply queue was closed".into()))??;
+            let next = async {
+                tokio::time::timeout_at(deadline, self.replies.next())
+                    .await
+                    .map_err(|_| ClientError::Timeout(wait))?
+                    .ok_or_else(|| ClientError::BadAnswer("the reply queue was closed".into()))?
+                    .map_err(ClientError::from)
+            };
+            let delivery = unless_blocked(&mut self.events, &self.connection, next).await?;
             let matches = delivery
                 .properties
                 .correlation_id()
@@ -324,8 +370,9 @@ impl MasterClient {
         }
     }
 
-    /// Closes the connection politely.
+    /// Closes the connection politely, if the broker answers within [`CLOSE_TIMEOUT`].
     pub async fn close(self) {
-        let _ = self.connection.close(200, "bye".into()).await;
+        let close = self.connection.close(200, "bye".into());
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
     }
 }

@@ -197,6 +197,13 @@ async fn serve(
         channel: connection.create_channel().await?,
     });
     let loops = CancellationToken::new();
+    tasks.spawn(
+        loops
+            .clone()
+            .run_until_cancelled_owned(dispatch_common::client::log_blocking(
+                connection.events_listener(),
+            )),
+    );
     let history = History::new(store, responder, Tasks::new(tasks.clone(), loops.clone()));
     let jobs = Jobs::new(
         master.clone(),

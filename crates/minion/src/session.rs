@@ -82,6 +82,8 @@ impl PresenceKind {
 /// An open session.
 pub struct Session {
     connection: Connection,
+    /// Logs the broker blocking the minion's publishes; stops with the session.
+    _blocking_log: tokio_util::task::AbortOnDropHandle<()>,
     channel: Channel,
     consumer: Consumer,
     queue: String,
@@ -154,6 +156,9 @@ impl Session {
         let queue = names::minion_queue(&config.id);
         match Self::setup(&connection, config, pair, &queue).await {
             Ok((channel, consumer)) => Ok(Self {
+                _blocking_log: tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+                    dispatch_common::client::log_blocking(connection.events_listener()),
+                )),
                 connection,
                 channel,
                 consumer,
