@@ -390,7 +390,7 @@ async fn the_cli_and_the_minion_say_when_the_broker_holds_back_publishes() {
     ])
     .await;
     // The minion's first publish (its presence) is held back, and it says so.
-    let minion = Minion::start_in(&master, "web.1", &dir.path().join("web.1"), &[]).await;
+    let mut minion = Minion::start_in(&master, "web.1", &dir.path().join("web.1"), &[]).await;
     minion
         .daemon
         .wait_for("the broker holds back this process's publishes (low on disk space)")
@@ -404,4 +404,8 @@ async fn the_cli_and_the_minion_say_when_the_broker_holds_back_publishes() {
         "{out:?}"
     );
     assert!(out.stderr.contains("--disk-free-limit"), "{out:?}");
+    // A held-back minion still stops when asked, without waiting on the broker.
+    let status = minion.daemon.terminate().await;
+    assert!(status.success(), "{}", minion.daemon.output());
+    assert!(minion.daemon.printed("stopping without telling it"));
 }

@@ -19,7 +19,8 @@ use tokio::sync::watch;
 /// Logs the broker blocking and unblocking a connection's publishes (`connection.blocked`:
 /// its disk or memory alarm), which would otherwise look like a hang. `events` comes from
 /// `Connection::events_listener`; runs until they end, so spawn it beside the connection
-/// and stop it with the connection.
+/// and stop it with the connection. lapin hands each event to one listener only: a
+/// connection must have no other.
 pub async fn log_blocking(events: impl Stream<Item = lapin::Event>) {
     let mut events = std::pin::pin!(events);
     while let Some(event) = events.next().await {

@@ -18,7 +18,7 @@ use std::time::Duration;
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the CLI waits for the broker to answer its `connection.close` (a blocked
 /// connection is not read until the broker's alarm clears).
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+const POLITE_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Why a call to the master failed; every one is exit code 2 for the CLI.
 #[derive(Debug, thiserror::Error)]
@@ -32,9 +32,10 @@ pub enum ClientError {
     #[error("the master's answer is not valid: {0}")]
     BadAnswer(String),
     #[error(
-        "the broker holds back requests ({0}); free space on the master host \
-         (`dispatch master --disk-free-limit` sets how much it keeps free), then try again. \
-         The request just sent reaches the master only if room comes back within {secs} s",
+        "the broker holds back requests ({0}); free disk space or memory on the broker's \
+         host (an embedded broker keeps `dispatch master --disk-free-limit` free), then try \
+         again. The request just sent reaches the master only if room comes back within \
+         {secs} s",
         secs = REQUEST_LIFETIME.as_secs()
     )]
     Blocked(String),
@@ -53,6 +54,7 @@ async fn unless_blocked<T>(
     let mut work = std::pin::pin!(work);
     loop {
         tokio::select! {
+            biased;
             result = &mut work => return result,
             event = events.next() => match event {
                 // Unless an unblock followed it while nobody was listening.
@@ -370,9 +372,9 @@ impl MasterClient {
         }
     }
 
-    /// Closes the connection politely, if the broker answers within [`CLOSE_TIMEOUT`].
+    /// Closes the connection politely, if the broker answers within [`POLITE_CLOSE_WAIT`].
     pub async fn close(self) {
         let close = self.connection.close(200, "bye".into());
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
+        let _ = tokio::time::timeout(POLITE_CLOSE_WAIT, close).await;
     }
 }

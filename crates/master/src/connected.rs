@@ -52,10 +52,12 @@ impl Connected {
     pub async fn among(&self, ids: &[String]) -> HashSet<String> {
         match self {
             Connected::Embedded(broker) => {
+                let queues: Vec<String> = ids.iter().map(|id| minion_queue(id)).collect();
                 let vhost = broker.vhost.lock();
                 ids.iter()
-                    .filter(|id| vhost.has_consumers(&minion_queue(id)))
-                    .cloned()
+                    .zip(&queues)
+                    .filter(|(_, queue)| vhost.has_consumers(queue))
+                    .map(|(id, _)| id.clone())
                     .collect()
             }
             Connected::External { probes, connection } => {

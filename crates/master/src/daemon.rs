@@ -197,6 +197,8 @@ async fn serve(
         channel: connection.create_channel().await?,
     });
     let loops = CancellationToken::new();
+    // However `serve` returns, the loops spawned from here on stop.
+    let _stop_loops = loops.clone().drop_guard();
     tasks.spawn(
         loops
             .clone()

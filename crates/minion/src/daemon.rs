@@ -214,8 +214,17 @@ impl Minion {
         match self.consume(&mut session, shutdown).await {
             Ok(()) => {
                 info!("stopping: no new commands; waiting for running jobs");
-                session.stop_consuming().await;
-                let live = self.drain(Some(&session)).await;
+                // Held back, nothing could be written: stop without a word to the broker
+                // (running jobs are then reported interrupted at the next start).
+                let writable = !session.is_blocked();
+                if writable {
+                    session.stop_consuming().await;
+                } else {
+                    warn!(
+                        "the broker holds back this minion's publishes: stopping without telling it"
+                    );
+                }
+                let live = self.drain(writable.then_some(&session)).await;
                 if live
                     && let Err(e) = session
                         .publish_presence(&self.pair, &self.config, PresenceKind::Down)
@@ -241,12 +250,18 @@ impl Minion {
         session: &mut Session,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), SessionError> {
-        while let Some(out) = self.outbox.pop_front() {
-            self.send(session, out).await?;
+        let announce = async {
+            while let Some(out) = self.outbox.pop_front() {
+                self.send(session, out).await?;
+            }
+            session
+                .publish_presence(&self.pair, &self.config, PresenceKind::Up)
+                .await
+        };
+        match unless_held_at_stop(session, shutdown, announce).await {
+            Some(announced) => announced?,
+            None => return Ok(()),
         }
-        session
-            .publish_presence(&self.pair, &self.config, PresenceKind::Up)
-            .await?;
         let mut heartbeat = tokio::time::interval_at(
             tokio::time::Instant::now() + PRESENCE_INTERVAL,
             PRESENCE_INTERVAL,
@@ -259,7 +274,12 @@ impl Minion {
             tokio::select! {
                 biased;
                 () = stopped(shutdown) => return Ok(()),
-                Some(out) = self.replies_rx.recv() => self.send(session, out).await?,
+                Some(out) = self.replies_rx.recv() => {
+                    match unless_held_at_stop(session, shutdown, self.send(session, out)).await {
+                        Some(sent) => sent?,
+                        None => return Ok(()),
+                    }
+                }
                 Some(joined) = self.jobs.join_next(), if !self.jobs.is_empty() => {
                     if let Err(e) = joined {
                         error!("a job task failed: {e}");
@@ -277,9 +297,11 @@ impl Minion {
                     None => return Err(SessionError::Cancelled(session.queue().to_owned())),
                 },
                 _ = heartbeat.tick() => {
-                    session
-                        .publish_presence(&self.pair, &self.config, PresenceKind::Heartbeat)
-                        .await?;
+                    let beat = session.publish_presence(&self.pair, &self.config, PresenceKind::Heartbeat);
+                    match unless_held_at_stop(session, shutdown, beat).await {
+                        Some(sent) => sent?,
+                        None => return Ok(()),
+                    }
                 }
             }
         }
@@ -608,6 +630,27 @@ async fn ack(acker: &Acker) {
 }
 
 /// Resolves once `shutdown` is true; never if its sender is gone.
+/// `work` (a publish), unless the minion is asked to stop while the broker holds back
+/// `session`'s publishes (its disk or memory alarm): such a publish completes only once
+/// the alarm clears, and must not keep the minion from stopping. `None` then; a publish
+/// under way when a stop comes is otherwise finished.
+async fn unless_held_at_stop<T>(
+    session: &Session,
+    shutdown: &mut watch::Receiver<bool>,
+    work: impl Future<Output = T>,
+) -> Option<T> {
+    let mut work = std::pin::pin!(work);
+    tokio::select! {
+        done = &mut work => return Some(done),
+        () = stopped(shutdown) => {}
+    }
+    if session.is_blocked() {
+        None
+    } else {
+        Some(work.await)
+    }
+}
+
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     if shutdown.wait_for(|s| *s).await.is_err() {
         std::future::pending::<()>().await;

@@ -12,7 +12,7 @@
 //! [`domain::REPLY`], presence events under [`domain::PRESENCE`]. What to do with
 //! deliveries is [`crate::daemon`]'s business.
 
-use crate::config::Config;
+use crate::config::{Config, POLITE_CLOSE_WAIT};
 use dispatch_common::client::{PERSISTENT, TRANSIENT};
 use dispatch_common::envelope::{Envelope, domain};
 use dispatch_common::keys::KeyPair;
@@ -154,11 +154,14 @@ impl Session {
         pair: &KeyPair,
     ) -> Result<Self, SessionError> {
         let queue = names::minion_queue(&config.id);
+        // Listening first: lapin drops events nobody listens to yet, and set-up publishes
+        // (a key request, on an external broker).
+        let blocking_log = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+            dispatch_common::client::log_blocking(connection.events_listener()),
+        ));
         match Self::setup(&connection, config, pair, &queue).await {
             Ok((channel, consumer)) => Ok(Self {
-                _blocking_log: tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
-                    dispatch_common::client::log_blocking(connection.events_listener()),
-                )),
+                _blocking_log: blocking_log,
                 connection,
                 channel,
                 consumer,
@@ -285,11 +288,24 @@ impl Session {
         }
     }
 
-    /// Closes the connection.
+    /// Whether the broker holds back this session's publishes now (its disk or memory
+    /// alarm): lapin then writes nothing on the connection until it lets them go.
+    pub fn is_blocked(&self) -> bool {
+        self.connection.status().blocked()
+    }
+
+    /// Closes the connection, waiting at most [`POLITE_CLOSE_WAIT`] for the broker.
     pub async fn close(self) {
-        let _ = self.channel.close(200, "bye".into()).await;
-        if let Err(e) = self.connection.close(200, "minion stopping".into()).await {
-            tracing::debug!("closing the connection failed: {e}");
+        let polite = async {
+            let _ = self.channel.close(200, "bye".into()).await;
+            self.connection.close(200, "minion stopping".into()).await
+        };
+        match tokio::time::timeout(POLITE_CLOSE_WAIT, polite).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!("closing the connection failed: {e}"),
+            Err(_) => {
+                tracing::debug!("the broker did not answer the close; dropping the connection")
+            }
         }
     }
 }
