@@ -387,7 +387,7 @@ async fn a_private_key_readable_by_others_stops_the_daemons() {
     let master_key = master.data_dir().join("master.key");
     std::fs::set_permissions(&master_key, std::fs::Permissions::from_mode(0o640)).unwrap();
     let status = master.daemon.terminate().await;
-    assert!(status.success());
+    assert!(status.success(), "{}", master.daemon.output());
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_dispatch"))
         .arg("--data-dir")
         .arg(master.data_dir())

@@ -138,31 +138,29 @@ fn run(args: Args) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let addr = listener.local_addr()?;
+        let shutdown = shutdown_signal();
         tracing::info!(%addr, "dispatch-broker {} ready", dispatch_common::VERSION);
         println!("{}{addr}", dispatch_common::READY_LINE_PREFIX);
-        crate::serve(listener, std::sync::Arc::new(broker), shutdown_signal()).await;
+        crate::serve(listener, std::sync::Arc::new(broker), shutdown).await;
         Ok(())
     })
 }
 
-/// Completes on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+/// Completes on SIGTERM or Ctrl-C. The handlers are installed by this call, before the
+/// caller says it is ready ([`dispatch_common::signals`]); without them (an error at
+/// installation, said in the log) it never completes and the default actions apply.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    let signal = dispatch_common::signals::stop_signal();
+    async move {
+        match signal {
+            Ok(signal) => {
+                let name = signal.await;
+                tracing::info!("{name} received");
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM or SIGINT: {e}");
+                std::future::pending::<()>().await;
+            }
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -14,6 +14,7 @@ pub mod message;
 pub mod names;
 pub mod rpc;
 pub mod sasl;
+pub mod signals;
 pub mod target;
 
 /// The product name announced in AMQP server and client properties.

@@ -213,6 +213,15 @@ async fn run(config: Config) -> ExitCode {
         Ok(pair) => pair,
         Err(e) => return fail(EXIT_USAGE, &e),
     };
+    let signal = match dispatch_common::signals::stop_signal() {
+        Ok(signal) => signal,
+        Err(e) => {
+            return fail(
+                EXIT_FAILURE,
+                &format!("cannot listen for SIGTERM or SIGINT: {e}"),
+            );
+        }
+    };
     let fingerprint = pair.public().fingerprint();
     {
         let mut stdout = std::io::stdout().lock();
@@ -232,12 +241,8 @@ async fn run(config: Config) -> ExitCode {
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let signals = tokio::spawn(async move {
-        match wait_for_signal().await {
-            Ok(name) => tracing::info!("{name} received: stopping"),
-            Err(e) => {
-                tracing::error!("cannot listen for signals ({e}); stopping");
-            }
-        }
+        let name = signal.await;
+        tracing::info!("{name} received: stopping");
         let _ = stop_tx.send(true);
     });
     let outcome = minion.run(stop_rx).await;
@@ -249,14 +254,6 @@ async fn run(config: Config) -> ExitCode {
         }
         Err(e @ MinionError::MasterKeyChanged(_)) => fail(EXIT_USAGE, &e),
         Err(e) => fail(EXIT_FAILURE, &e),
-    }
-}
-
-async fn wait_for_signal() -> std::io::Result<&'static str> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => Ok("SIGTERM"),
-        result = tokio::signal::ctrl_c() => result.map(|()| "SIGINT"),
     }
 }
 
