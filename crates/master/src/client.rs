@@ -373,7 +373,11 @@ impl MasterClient {
     }
 
     /// Closes the connection politely, if the broker answers within [`POLITE_CLOSE_WAIT`].
+    /// A connection the broker holds back is just dropped: lapin writes nothing on it.
     pub async fn close(self) {
+        if self.connection.status().blocked() {
+            return;
+        }
         let close = self.connection.close(200, "bye".into());
         let _ = tokio::time::timeout(POLITE_CLOSE_WAIT, close).await;
     }
