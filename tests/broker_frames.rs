@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
+use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{AMQPClass, basic, channel, connection, queue};
 use amq_protocol::types::{AMQPValue, FieldTable};
 use support::raw::{Incoming, PROTOCOL_HEADER, RawConnection, encode};
@@ -223,45 +223,26 @@ async fn confirm_sequence_numbers_count_from_confirm_select() {
     ));
 
     // Two publishes before confirm.select do not count...
-    raw_publish(&mut conn, &name).await;
-    raw_publish(&mut conn, &name).await;
+    conn.publish(1, &name, b"hi", basic::AMQPProperties::default())
+        .await;
+    conn.publish(1, &name, b"hi", basic::AMQPProperties::default())
+        .await;
     conn.select_confirms(1).await;
     // ...so the first publish after it is confirmed as delivery tag 1.
-    raw_publish(&mut conn, &name).await;
+    conn.publish(1, &name, b"hi", basic::AMQPProperties::default())
+        .await;
     match conn.read_method().await {
         (1, AMQPClass::Basic(basic::AMQPMethod::Ack(ack))) => {
             assert_eq!(ack.delivery_tag, 1);
         }
         other => panic!("expected basic.ack, got {other:?}"),
     }
-    raw_publish(&mut conn, &name).await;
+    conn.publish(1, &name, b"hi", basic::AMQPProperties::default())
+        .await;
     match conn.read_method().await {
         (1, AMQPClass::Basic(basic::AMQPMethod::Ack(ack))) => {
             assert_eq!(ack.delivery_tag, 2);
         }
         other => panic!("expected basic.ack, got {other:?}"),
     }
-}
-
-/// basic.publish of a two-byte body to `queue` through the default exchange, channel 1.
-async fn raw_publish(conn: &mut RawConnection, queue: &str) {
-    let mut bytes = encode(&AMQPFrame::Method(
-        1,
-        AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
-            exchange: "".into(),
-            routing_key: queue.into(),
-            mandatory: false,
-            immediate: false,
-        })),
-    ));
-    bytes.extend(encode(&AMQPFrame::Header(
-        1,
-        AMQPContentHeader {
-            class_id: 60,
-            body_size: 2,
-            properties: basic::AMQPProperties::default(),
-        },
-    )));
-    bytes.extend(encode(&AMQPFrame::Body(1, b"hi".to_vec())));
-    conn.send_bytes(&bytes).await;
 }

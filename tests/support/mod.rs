@@ -576,8 +576,8 @@ pub fn body(delivery: &Delivery) -> String {
 /// AMQP frame by frame over a plain TCP stream, for what lapin cannot do on purpose.
 pub mod raw {
     use super::{STEP_TIMEOUT, timeout};
-    use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame, parse_frame};
-    use amq_protocol::protocol::{AMQPClass, channel, confirm, connection};
+    use amq_protocol::frame::{AMQPContentHeader, AMQPFrame, WriteContext, gen_frame, parse_frame};
+    use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, connection};
     use amq_protocol::types::{AMQPValue, FieldTable, LongString};
     use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -823,6 +823,36 @@ pub mod raw {
                     Incoming::Frame(_) => continue,
                 }
             }
+        }
+
+        /// `basic.publish` of `body` to `queue` through the default exchange on channel
+        /// `ch`, with `properties`, as one write.
+        pub async fn publish(
+            &mut self,
+            ch: u16,
+            queue: &str,
+            body: &[u8],
+            properties: basic::AMQPProperties,
+        ) {
+            let mut bytes = encode(&AMQPFrame::Method(
+                ch,
+                AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+                    exchange: "".into(),
+                    routing_key: queue.into(),
+                    mandatory: false,
+                    immediate: false,
+                })),
+            ));
+            bytes.extend(encode(&AMQPFrame::Header(
+                ch,
+                AMQPContentHeader {
+                    class_id: 60,
+                    body_size: body.len() as u64,
+                    properties,
+                },
+            )));
+            bytes.extend(encode(&AMQPFrame::Body(ch, body.to_vec())));
+            self.send_bytes(&bytes).await;
         }
     }
 
