@@ -34,8 +34,8 @@ pub enum ClientError {
     #[error(
         "the broker holds back requests ({0}); free disk space or memory on the broker's \
          host (an embedded broker keeps `dispatch master --disk-free-limit` free), then try \
-         again. The request just sent reaches the master only if room comes back within \
-         {secs} s",
+         again. The embedded broker drops the request just sent when this command exits; \
+         another broker may still pass it on if room comes back within {secs} s",
         secs = REQUEST_LIFETIME.as_secs()
     )]
     Blocked(String),

@@ -34,10 +34,17 @@ use read_size::ReadSize;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio_util::sync::CancellationToken;
+
+/// Whether the client has closed its side of the socket (`EPOLLRDHUP`), asked without
+/// reading what it sent before.
+async fn peer_has_left(reader: &OwnedReadHalf) -> bool {
+    let ready = tokio::time::timeout(Duration::ZERO, reader.ready(Interest::READABLE)).await;
+    matches!(ready, Ok(Ok(ready)) if ready.is_read_closed())
+}
 
 /// What the reader does after a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,7 +175,9 @@ impl Connection {
             match batch(|| self.handle_buffered_frames(&mut rbuf)) {
                 Flow::Done => return,
                 Flow::Blocked => {
-                    self.wait_out_alarm(stop).await;
+                    if !self.wait_out_alarm(&reader, stop).await {
+                        return;
+                    }
                     continue;
                 }
                 Flow::Held => {
@@ -214,10 +223,12 @@ impl Connection {
     /// Stops reading from a publisher (a connection about to publish) until the broker's
     /// alarm (memory above its limit, disk below its free limit) clears, as RabbitMQ
     /// does; others keep flowing. Tells clients that understand it with
-    /// `connection.blocked` / `unblocked`.
-    async fn wait_out_alarm(&mut self, stop: &Stop) {
+    /// `connection.blocked` / `unblocked`. False when the client closed its side
+    /// meanwhile: it gave up, and a publish it sent must not take effect later, so the
+    /// connection ends with its input unread.
+    async fn wait_out_alarm(&mut self, reader: &OwnedReadHalf, stop: &Stop) -> bool {
         let Some(reason) = self.broker.alarm() else {
-            return;
+            return true;
         };
         tracing::info!(conn = self.id, "{reason}: blocking a publishing connection");
         let notify = self.tuning.blocked_notify;
@@ -233,9 +244,16 @@ impl Connection {
             tokio::select! {
                 () = stop.cancelled() => {
                     self.forced_close(stop);
-                    return;
+                    return true;
                 }
                 () = tokio::time::sleep(ALARM_POLL) => {}
+            }
+            if peer_has_left(reader).await {
+                tracing::info!(
+                    conn = self.id,
+                    "the client left while held back; what it sent since is dropped unread"
+                );
+                return false;
             }
         }
         if notify {
@@ -244,6 +262,7 @@ impl Connection {
                 &AMQPClass::Connection(connection::AMQPMethod::Unblocked(connection::Unblocked {})),
             );
         }
+        true
     }
 
     /// Sends the held reply once its topology change is on disk (a shutdown or
