@@ -14,7 +14,25 @@ use lapin::auth::AuthProvider;
 use lapin::types::{LongString, ShortString};
 use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties, ErrorKind};
+use std::time::Duration;
 use tokio::sync::watch;
+
+/// Longest wait for the broker to answer a process's `connection.close`.
+pub const POLITE_CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Closes `connection`, waiting at most [`POLITE_CLOSE_WAIT`] for the broker. A
+/// connection the broker holds back (its disk or memory alarm) is just dropped: lapin
+/// writes nothing on it, and the broker does not read it until the alarm clears.
+pub async fn close(connection: &Connection, reason: &str) {
+    if connection.status().blocked() {
+        return;
+    }
+    match tokio::time::timeout(POLITE_CLOSE_WAIT, connection.close(200, reason.into())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!("closing the connection failed: {e}"),
+        Err(_) => tracing::debug!("the broker did not answer the close; dropping the connection"),
+    }
+}
 
 /// Logs the broker blocking and unblocking a connection's publishes (`connection.blocked`:
 /// its disk or memory alarm), which would otherwise look like a hang. `events` comes from

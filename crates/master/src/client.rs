@@ -16,9 +16,6 @@ use std::time::Duration;
 
 /// How long the CLI waits to connect, and then for each answer.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the CLI waits for the broker to answer its `connection.close` (a blocked
-/// connection is not read until the broker's alarm clears).
-const POLITE_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Why a call to the master failed; every one is exit code 2 for the CLI.
 #[derive(Debug, thiserror::Error)]
@@ -372,13 +369,8 @@ impl MasterClient {
         }
     }
 
-    /// Closes the connection politely, if the broker answers within [`POLITE_CLOSE_WAIT`].
-    /// A connection the broker holds back is just dropped: lapin writes nothing on it.
+    /// Closes the connection ([`dispatch_common::client::close`]).
     pub async fn close(self) {
-        if self.connection.status().blocked() {
-            return;
-        }
-        let close = self.connection.close(200, "bye".into());
-        let _ = tokio::time::timeout(POLITE_CLOSE_WAIT, close).await;
+        dispatch_common::client::close(&self.connection, "bye").await;
     }
 }

@@ -41,9 +41,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 pub const STABLE_SESSION: Duration = Duration::from_secs(5);
 /// Interval of the `heartbeat` presence events.
 pub const PRESENCE_INTERVAL: Duration = Duration::from_secs(30);
-/// Longest wait for the broker to answer the minion's `close` when it stops (a connection
-/// the broker holds back is not read until its alarm clears).
-pub const POLITE_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// On a job timeout, the time between SIGTERM and SIGKILL to its process group.
 pub const KILL_GRACE: Duration = Duration::from_secs(2);

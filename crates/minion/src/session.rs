@@ -12,7 +12,7 @@
 //! [`domain::REPLY`], presence events under [`domain::PRESENCE`]. What to do with
 //! deliveries is [`crate::daemon`]'s business.
 
-use crate::config::{Config, POLITE_CLOSE_WAIT};
+use crate::config::Config;
 use dispatch_common::client::{PERSISTENT, TRANSIENT};
 use dispatch_common::envelope::{Envelope, domain};
 use dispatch_common::keys::KeyPair;
@@ -294,19 +294,9 @@ impl Session {
         self.connection.status().blocked()
     }
 
-    /// Closes the connection, waiting at most [`POLITE_CLOSE_WAIT`] for the broker.
+    /// Closes the connection ([`dispatch_common::client::close`]).
     pub async fn close(self) {
-        let polite = async {
-            let _ = self.channel.close(200, "bye".into()).await;
-            self.connection.close(200, "minion stopping".into()).await
-        };
-        match tokio::time::timeout(POLITE_CLOSE_WAIT, polite).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::debug!("closing the connection failed: {e}"),
-            Err(_) => {
-                tracing::debug!("the broker did not answer the close; dropping the connection")
-            }
-        }
+        dispatch_common::client::close(&self.connection, "minion stopping").await;
     }
 }
 
