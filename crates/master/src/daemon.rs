@@ -320,7 +320,7 @@ async fn serve(
         );
     }
     tracing::info!("shutting down");
-    let _ = connection.close(200, "master shutting down".into()).await;
+    dispatch_common::client::close(&connection, "master shutting down").await;
     Ok(())
 }
 

@@ -189,10 +189,7 @@ impl Minion {
     ) -> Result<SessionEnd, MinionError> {
         if self.trust.master_key().is_none() {
             let Some(key) = connected.broker_key else {
-                let _ = connected
-                    .connection
-                    .close(200, "no master key".into())
-                    .await;
+                dispatch_common::client::close(&connected.connection, "no master key").await;
                 return Ok(SessionEnd::Failed(
                     "the broker presented no key to pin as the master's".into(),
                 ));

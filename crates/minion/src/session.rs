@@ -169,9 +169,7 @@ impl Session {
                 user_id: (!config.external_broker).then(|| config.id.clone()),
             }),
             Err(e) => {
-                let _ = connection
-                    .close(200, "minion session set-up failed".into())
-                    .await;
+                dispatch_common::client::close(&connection, "minion session set-up failed").await;
                 Err(e)
             }
         }
