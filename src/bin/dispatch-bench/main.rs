@@ -26,13 +26,6 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-/// Worker threads of the bench's runtime. lapin reads and writes every connection on an io
-/// thread of its own; the bench's tasks only hand it publishes and acks and count
-/// deliveries. With a second worker those tasks wandered between the 2 CPUs, and the
-/// embedded broker's auto-ack 1→1 rate swung between 139k and 243k msg/s from run to run;
-/// with one it held at 257–275k, and RabbitMQ's rate did not move (docs/BENCHMARKS.md).
-const RUNTIME_WORKERS: usize = 1;
-
 fn main() -> ExitCode {
     let plan = match cli::Args::parse_args().into_plan() {
         Ok(plan) => plan,
@@ -42,7 +35,6 @@ fn main() -> ExitCode {
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(RUNTIME_WORKERS)
         .enable_all()
         .build()
     {
