@@ -1,6 +1,7 @@
 //! Remote execution end to end (issue 5): `dispatch run` through a real master to real
 //! minion processes — targeting, output, exit codes, timeouts, truncation, offline
-//! minions and TTLs, at-most-once across a minion crash, and a master restart.
+//! minions and TTLs, at-most-once across a minion crash, a result kept across a minion
+//! stop, and a master restart.
 
 mod daemons;
 
@@ -289,6 +290,55 @@ async fn a_minion_killed_mid_job_reports_it_interrupted_and_never_runs_it_again(
     let again = master.cli(&["run", "web.01", "true"]).await;
     assert_eq!(again.code, 0);
     assert_eq!(std::fs::read_to_string(&counter).unwrap(), "run\n");
+}
+
+#[tokio::test]
+async fn a_result_that_could_not_be_sent_before_a_stop_is_sent_at_the_next_start() {
+    let mut master = Master::start(&[]).await;
+    let mut minion = accepted_minion(&master, "web.01", &[]).await;
+    let gate = master.scratch("kept").join("gate");
+    let script = format!(
+        "while [ ! -e {} ]; do sleep 0.05; done; echo kept",
+        gate.display()
+    );
+    let started = master
+        .cli(&["run", "--async", "--shell", "web.01", &script])
+        .await;
+    assert_eq!(started.code, 0, "{started:?}");
+    let job = started.stdout.trim().to_owned();
+    minion.daemon.wait_for(&format!("job {job}: running")).await;
+    // The master and its broker go away; the job finishes meanwhile, and the minion is
+    // stopped before it could send the result.
+    let down = master.daemon.terminate().await;
+    assert!(down.success(), "{down}\n{}", master.daemon.output());
+    std::fs::write(&gate, b"").unwrap();
+    minion
+        .daemon
+        .wait_for(&format!("job {job}: finished"))
+        .await;
+    minion.daemon.terminate().await;
+    assert!(
+        minion.daemon.printed("sent at the next start"),
+        "{}",
+        minion.daemon.output()
+    );
+    master.restart().await;
+    minion.restart().await;
+    let view = master
+        .cli_ok(&["job", &job, "--wait", "--timeout", "20s", "--out", "json"])
+        .await;
+    let view: Value = serde_json::from_str(&view).unwrap();
+    let web01 = &view["minions"][0];
+    assert_eq!(
+        (web01["status"].as_str(), web01["stdout"].as_str()),
+        (Some("succeeded"), Some("kept\n")),
+        "the result, not \"interrupted\": {view}"
+    );
+    let kept = minion.data_dir.join("replies");
+    eventually("the sent result is forgotten", || {
+        std::fs::read_dir(&kept).is_ok_and(|mut files| files.next().is_none())
+    })
+    .await;
 }
 
 #[tokio::test]

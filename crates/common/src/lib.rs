@@ -5,9 +5,11 @@
 //! - [`envelope`]: the signed envelope and its signature domains;
 //! - [`message`]: commands and replies; [`rpc`]: the master's request/response API;
 //! - [`target`]: the target grammar and matching;
-//! - [`sasl`]: the `DISPATCH-ED25519` broker authentication; [`client`]: connecting.
+//! - [`sasl`]: the `DISPATCH-ED25519` broker authentication; [`client`]: connecting;
+//! - [`durable`]: small files replaced whole and durably.
 
 pub mod client;
+pub mod durable;
 pub mod envelope;
 pub mod keys;
 pub mod message;

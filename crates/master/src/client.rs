@@ -112,11 +112,8 @@ fn read_pin(path: &Path) -> Result<Option<PublicKey>, String> {
 
 /// Pins the master key at `path` (trust on first use).
 fn write_pin(path: &Path, key: &PublicKey) -> Result<(), String> {
-    let written = path
-        .parent()
-        .map_or(Ok(()), std::fs::create_dir_all)
-        .and_then(|()| std::fs::write(path, key.to_hex() + "\n"));
-    written.map_err(|e| format!("pinning the master key in {}: {e}", path.display()))?;
+    dispatch_common::durable::replace(path, (key.to_hex() + "\n").as_bytes())
+        .map_err(|e| format!("pinning the master key in {}: {e}", path.display()))?;
     tracing::warn!(fingerprint = %key.fingerprint(), path = %path.display(), "pinned the master key on first use");
     Ok(())
 }

@@ -389,20 +389,12 @@ impl Registry {
         self.folder(state).join(format!("{id}.json"))
     }
 
-    /// Writes `record` to a temporary file, syncs it, renames it into place and syncs
-    /// the folder.
+    /// Writes `record` durably ([`dispatch_common::durable::replace`]).
     fn write(&self, state: KeyState, record: &KeyRecord) -> Result<(), RegistryError> {
         let path = self.path(state, &record.id);
-        let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_string_pretty(record).expect("records always encode") + "\n";
-        let written = (|| {
-            let mut file = std::fs::File::create(&tmp)?;
-            std::io::Write::write_all(&mut file, text.as_bytes())?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(self.folder(state))?.sync_all()
-        })();
-        written.map_err(|source| RegistryError::Io { path, source })
+        dispatch_common::durable::replace(&path, text.as_bytes())
+            .map_err(|source| RegistryError::Io { path, source })
     }
 
     fn remove_file(&self, state: KeyState, id: &str) -> Result<(), RegistryError> {

@@ -31,6 +31,8 @@ pub const KEY_FILE: &str = "minion.key";
 pub const PIN_FILE: &str = "master.pub";
 /// The job journal in the data dir.
 pub const JOURNAL_FILE: &str = "journal";
+/// The folder of replies kept across a stop ([`crate::kept`]) in the data dir.
+pub const KEPT_REPLIES_DIR: &str = "replies";
 
 /// First reconnect delay; it doubles up to `--reconnect-max`, with jitter.
 pub const RECONNECT_INITIAL: Duration = Duration::from_millis(100);
@@ -97,5 +99,9 @@ impl Config {
 
     pub fn journal_path(&self) -> PathBuf {
         self.data_dir.join(JOURNAL_FILE)
+    }
+
+    pub fn kept_replies_dir(&self) -> PathBuf {
+        self.data_dir.join(KEPT_REPLIES_DIR)
     }
 }

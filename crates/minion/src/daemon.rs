@@ -22,7 +22,9 @@
 //!
 //! On shutdown the consumer is cancelled, running jobs get [`SHUTDOWN_GRACE`] to finish
 //! (their replies are sent), the rest are killed and reported `Interrupted`, a `down`
-//! presence is published and the connection closed.
+//! presence is published and the connection closed. Results that could not be sent
+//! before the stop (disconnected, or held back by the broker) are kept on disk and sent
+//! at the next start ([`crate::kept`]).
 
 use crate::config::{
     Config, MAX_REFUSAL_BYTES, MAX_REPLY_ATTEMPTS, PRESENCE_INTERVAL, SHUTDOWN_GRACE,
@@ -31,6 +33,7 @@ use crate::config::{
 use crate::connector::{self, Backoff, Connected};
 use crate::exec::{self, Ending};
 use crate::journal::{Journal, JournalError};
+use crate::kept::KeptReplies;
 use crate::pin::{PinError, Trust};
 use crate::session::{PresenceKind, Session, SessionError};
 use crate::verify::{self, Checker, MasterKey, Refusal, Verified};
@@ -40,7 +43,7 @@ use futures_lite::StreamExt;
 use lapin::Acker;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -83,6 +86,7 @@ pub struct Minion {
     pair: KeyPair,
     trust: Trust,
     journal: Arc<Mutex<Journal>>,
+    kept: KeptReplies,
     jobs: JoinSet<()>,
     slots: Arc<Semaphore>,
     replies_tx: mpsc::Sender<Outgoing>,
@@ -93,24 +97,33 @@ pub struct Minion {
 
 impl Minion {
     /// Loads the pin and opens (and compacts) the journal. Jobs the journal shows as
-    /// started but never finished are queued to be reported interrupted.
+    /// started but never finished are queued to be reported: with the result kept when
+    /// the minion stopped, or else as interrupted.
     pub fn new(config: Config, pair: KeyPair) -> Result<Self, MinionError> {
         let trust = Trust::load(&config.pin_path(), config.master_fingerprint)?;
-        let (journal, interrupted) = Journal::open(
+        let (journal, unfinished) = Journal::open(
             &config.journal_path(),
             config.skew.as_millis() as u64,
             now_ms(),
         )?;
-        let outbox = interrupted
+        let kept = KeptReplies::new(config.kept_replies_dir());
+        kept.prune(&unfinished.iter().copied().collect::<HashSet<_>>());
+        let outbox = unfinished
             .into_iter()
             .map(|job_id| {
-                warn!(job = %job_id, "job {job_id} was interrupted when the minion stopped; it will be reported interrupted and not run again");
-                Outgoing {
-                    reply: Reply {
+                let reply = kept.get(job_id, &config.id).inspect(|_| {
+                    info!(job = %job_id, "job {job_id} finished before the minion stopped; sending its kept result");
+                });
+                let reply = reply.unwrap_or_else(|| {
+                    warn!(job = %job_id, "job {job_id} was interrupted when the minion stopped; it will be reported interrupted and not run again");
+                    Reply {
                         job_id,
                         minion: config.id.clone(),
                         outcome: Outcome::Interrupted,
-                    },
+                    }
+                });
+                Outgoing {
+                    reply,
                     acker: None,
                     finish: true,
                     failures: 0,
@@ -124,6 +137,7 @@ impl Minion {
             pair,
             trust,
             journal: Arc::new(Mutex::new(journal)),
+            kept,
             jobs: JoinSet::new(),
             slots: Arc::new(Semaphore::new(concurrency)),
             replies_tx,
@@ -212,7 +226,7 @@ impl Minion {
             Ok(()) => {
                 info!("stopping: no new commands; waiting for running jobs");
                 // Held back, nothing could be written: stop without a word to the broker
-                // (running jobs are then reported interrupted at the next start).
+                // (results are kept and sent at the next start).
                 let writable = !session.is_blocked();
                 if writable {
                     session.stop_consuming().await;
@@ -439,7 +453,13 @@ impl Minion {
         let job_id = out.reply.job_id;
         if out.finish {
             let journal = self.journal.clone();
-            match tokio::task::spawn_blocking(move || lock(&journal).finish(job_id)).await {
+            let kept = self.kept.clone();
+            let finished = move || {
+                let finished = lock(&journal).finish(job_id);
+                kept.forget(job_id);
+                finished
+            };
+            match tokio::task::spawn_blocking(finished).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => warn!("cannot mark job {job_id} finished in the journal: {e}"),
                 Err(e) => warn!("cannot mark job {job_id} finished in the journal: {e}"),
@@ -488,13 +508,53 @@ impl Minion {
         while let Ok(out) = self.replies_rx.try_recv() {
             live = self.deliver(live, out).await;
         }
-        if !self.outbox.is_empty() {
-            warn!(
-                "{} reply(ies) could not be sent; those jobs are reported interrupted at the next start",
-                self.outbox.len()
-            );
-        }
+        self.keep_unsent().await;
         live.is_some()
+    }
+
+    /// Keeps the results still in the outbox on disk for the next start
+    /// ([`crate::kept`]). Other unsent replies need nothing: an unacked refusal is
+    /// redelivered and answered again, and an interrupted job is found in the journal.
+    async fn keep_unsent(&mut self) {
+        let results: Vec<Reply> = self
+            .outbox
+            .drain(..)
+            .filter(|out| out.finish && matches!(out.reply.outcome, Outcome::Finished(_)))
+            .map(|out| out.reply)
+            .collect();
+        if results.is_empty() {
+            return;
+        }
+        let kept = self.kept.clone();
+        let keep = move || {
+            results
+                .iter()
+                .map(|reply| (reply.job_id, kept.keep(reply)))
+                .collect::<Vec<_>>()
+        };
+        let outcomes = match tokio::task::spawn_blocking(keep).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                error!(
+                    "cannot keep unsent results: {e}; those jobs are reported interrupted at the next start"
+                );
+                return;
+            }
+        };
+        for (job_id, outcome) in outcomes {
+            match outcome {
+                Ok(()) => warn!(
+                    job = %job_id,
+                    "job {job_id}: its result could not be sent before the stop; kept in {} and sent at the next start",
+                    self.kept.dir().display()
+                ),
+                Err(e) => error!(
+                    job = %job_id,
+                    "job {job_id}: cannot keep its unsent result in {}: {e}; it is reported interrupted at the next start",
+                    self.kept.dir().display()
+                ),
+            }
+        }
     }
 
     async fn deliver<'s>(

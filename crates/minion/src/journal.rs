@@ -347,9 +347,8 @@ fn parse(path: &Path, bytes: &[u8]) -> HashMap<Uuid, Entry> {
     entries
 }
 
-/// Drops finished entries past `expires_at + skew`, writes the rest to a temporary
-/// file, fsyncs it, renames it over `path`, fsyncs the directory, and returns the new
-/// file open for appending.
+/// Drops finished entries past `expires_at + skew`, replaces `path` with the rest
+/// durably, and returns the new file open for appending.
 fn rewrite(
     path: &Path,
     entries: &mut HashMap<Uuid, Entry>,
@@ -377,20 +376,7 @@ fn rewrite(
         );
         text.push('\n');
     }
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    if let Some(dir) = dir {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let tmp = path.with_extension("tmp");
-    {
-        let mut file = File::create(&tmp).map_err(io)?;
-        file.write_all(text.as_bytes()).map_err(io)?;
-        file.sync_all().map_err(io)?;
-    }
-    std::fs::rename(&tmp, path).map_err(io)?;
-    File::open(dir.unwrap_or(Path::new(".")))
-        .and_then(|d| d.sync_all())
-        .map_err(io)?;
+    dispatch_common::durable::replace(path, text.as_bytes()).map_err(io)?;
     OpenOptions::new().append(true).open(path).map_err(io)
 }
 

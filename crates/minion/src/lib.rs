@@ -9,6 +9,7 @@
 //! - [`daemon`]: the minion's life across sessions, job slots, shutdown drain;
 //! - [`verify`]: the checks a command passes before it runs;
 //! - [`journal`]: the fsynced replay guard and record of interrupted jobs;
+//! - [`kept`]: results of finished jobs that could not be sent before a stop;
 //! - [`exec`]: running one job in its own process group.
 
 pub mod cli;
@@ -18,6 +19,7 @@ pub mod connector;
 pub mod daemon;
 pub mod exec;
 pub mod journal;
+pub mod kept;
 pub mod pin;
 pub mod session;
 pub mod verify;

@@ -10,7 +10,6 @@
 
 use crate::verify::MasterKey;
 use dispatch_common::keys::{Fingerprint, PublicKey};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Why the pin file could not be used.
@@ -41,17 +40,14 @@ pub fn load(path: &Path) -> Result<Option<PublicKey>, PinError> {
     }
 }
 
-/// Writes the pin file atomically (temporary file, fsync, rename).
+/// Writes the pin file durably ([`dispatch_common::durable::replace`]).
 pub fn save(path: &Path, key: &PublicKey) -> Result<(), PinError> {
-    let io = |source| PinError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let tmp = path.with_extension("pub.tmp");
-    let mut file = std::fs::File::create(&tmp).map_err(io)?;
-    writeln!(file, "{}", key.to_hex()).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    dispatch_common::durable::replace(path, format!("{}\n", key.to_hex()).as_bytes()).map_err(
+        |source| PinError::Io {
+            path: path.to_owned(),
+            source,
+        },
+    )
 }
 
 /// What the minion trusts as the master, and where it pins it.
