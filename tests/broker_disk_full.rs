@@ -1,61 +1,18 @@
 //! A filling disk. Below `--disk-free-limit`, publishing connections are blocked
 //! (`connection.blocked`) until space is freed, as RabbitMQ does. With the limit off, a
 //! full disk makes the store's writes fail: publishes waiting on them are nacked, the
-//! failure is logged, and the broker keeps serving. The data dir is a small tmpfs, which
-//! needs root (CI runs as root); elsewhere the tests say why they skip.
+//! failure is logged, and the broker keeps serving. The data dir is a small tmpfs
+//! ([`tiny_disk`]).
 
 mod support;
+mod tiny_disk;
 
 use amq_protocol::protocol::basic;
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Confirmation};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use support::raw::RawConnection;
 use support::*;
-
-/// A tmpfs mounted over a directory for the length of a test.
-struct TinyDisk(PathBuf);
-
-impl TinyDisk {
-    fn mount(dir: &Path, size: &str) -> TinyDisk {
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .expect("run mount");
-        assert!(status.success(), "mounting a tmpfs on {}", dir.display());
-        TinyDisk(dir.to_owned())
-    }
-}
-
-impl Drop for TinyDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-fn running_as_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
-        status
-            .lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-    })
-}
-
-/// Whether `test` can run here; says why not (and fails under `CI=true`) otherwise.
-fn can_mount(test: &str) -> bool {
-    if running_as_root() {
-        return true;
-    }
-    let note = format!("SKIPPED {test}: mounting a small tmpfs needs root");
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{note} (CI=true)"
-    );
-    eprintln!("{note}");
-    false
-}
+use tiny_disk::{TinyDisk, can_mount};
 
 #[tokio::test]
 async fn publishers_are_blocked_below_the_disk_free_limit_until_space_is_freed() {

@@ -4,6 +4,7 @@
 //! stop, and a master restart.
 
 mod daemons;
+mod tiny_disk;
 
 use daemons::{Master, Minion, accepted_minion, eventually, next_return};
 use dispatch_common::message::Outcome;
@@ -296,9 +297,11 @@ async fn a_minion_killed_mid_job_reports_it_interrupted_and_never_runs_it_again(
 async fn a_result_that_could_not_be_sent_before_a_stop_is_sent_at_the_next_start() {
     let mut master = Master::start(&[]).await;
     let mut minion = accepted_minion(&master, "web.01", &[]).await;
-    let gate = master.scratch("kept").join("gate");
+    let scratch = master.scratch("kept");
+    let (gate, counter) = (scratch.join("gate"), scratch.join("count"));
     let script = format!(
-        "while [ ! -e {} ]; do sleep 0.05; done; echo kept",
+        "echo run >> {}; while [ ! -e {} ]; do sleep 0.05; done; echo kept",
+        counter.display(),
         gate.display()
     );
     let started = master
@@ -324,6 +327,7 @@ async fn a_result_that_could_not_be_sent_before_a_stop_is_sent_at_the_next_start
     );
     master.restart().await;
     minion.restart().await;
+    minion.daemon.wait_for("sending its kept result").await;
     let view = master
         .cli_ok(&["job", &job, "--wait", "--timeout", "20s", "--out", "json"])
         .await;
@@ -334,11 +338,68 @@ async fn a_result_that_could_not_be_sent_before_a_stop_is_sent_at_the_next_start
         (Some("succeeded"), Some("kept\n")),
         "the result, not \"interrupted\": {view}"
     );
-    let kept = minion.data_dir.join("replies");
+    let kept = minion.data_dir.join("kept-results");
     eventually("the sent result is forgotten", || {
         std::fs::read_dir(&kept).is_ok_and(|mut files| files.next().is_none())
     })
     .await;
+    assert_eq!(
+        std::fs::read_to_string(&counter).unwrap(),
+        "run\n",
+        "ran once"
+    );
+}
+
+#[tokio::test]
+async fn a_result_held_back_by_the_broker_when_the_minion_stops_is_sent_at_the_next_start() {
+    const TEST: &str =
+        "a_result_held_back_by_the_broker_when_the_minion_stops_is_sent_at_the_next_start";
+    if !tiny_disk::can_mount(TEST) {
+        return;
+    }
+    let (master, _disk) = Master::start_prepared(&["--disk-free-limit", "16MiB"], |dir| {
+        tiny_disk::TinyDisk::mount(dir, "32m")
+    })
+    .await;
+    let mut minion = accepted_minion(&master, "web.01", &[]).await;
+    let gate = master.scratch("held").join("gate");
+    let script = format!(
+        "while [ ! -e {} ]; do sleep 0.05; done; echo held",
+        gate.display()
+    );
+    let started = master
+        .cli(&["run", "--async", "--shell", "web.01", &script])
+        .await;
+    assert_eq!(started.code, 0, "{started:?}");
+    let job = started.stdout.trim().to_owned();
+    minion.daemon.wait_for(&format!("job {job}: running")).await;
+    // Fill the master's disk past the limit: the broker holds back every publisher, so
+    // the result the job is about to send waits, and the minion is stopped meanwhile.
+    let ballast = master.data_dir().join("ballast");
+    std::fs::write(&ballast, vec![0u8; 24 << 20]).expect("write the ballast file");
+    master.daemon.wait_for("disk alarm:").await;
+    std::fs::write(&gate, b"").unwrap();
+    minion.daemon.wait_for("holds back").await;
+    minion.daemon.terminate().await;
+    assert!(
+        minion.daemon.printed("sent at the next start"),
+        "{}",
+        minion.daemon.output()
+    );
+    std::fs::remove_file(&ballast).unwrap();
+    master.daemon.wait_for("disk alarm cleared").await;
+    minion.restart().await;
+    minion.daemon.wait_for("sending its kept result").await;
+    let view = master
+        .cli_ok(&["job", &job, "--wait", "--timeout", "20s", "--out", "json"])
+        .await;
+    let view: Value = serde_json::from_str(&view).unwrap();
+    let web01 = &view["minions"][0];
+    assert_eq!(
+        (web01["status"].as_str(), web01["stdout"].as_str()),
+        (Some("succeeded"), Some("held\n")),
+        "the result, not \"interrupted\": {view}"
+    );
 }
 
 #[tokio::test]

@@ -32,6 +32,9 @@ use tokio::sync::Notify;
 /// How long any single step may take.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The master's data dir in its temporary home.
+const MASTER_DIR: &str = "master";
+
 /// The reconnect cap given to test minions, so a refused minion retries quickly.
 pub const TEST_RECONNECT_MAX: &str = "300ms";
 
@@ -241,16 +244,25 @@ pub struct Master {
 impl Master {
     /// Starts a master on `127.0.0.1:0` with `args` after `master`.
     pub async fn start(args: &[&str]) -> Master {
+        Self::start_prepared(args, |_| ()).await.0
+    }
+
+    /// Starts a master as [`start`](Self::start) does, once `prepare` has run on the path
+    /// of its data dir (e.g. to mount a small file system there); returns what `prepare`
+    /// returned beside it.
+    pub async fn start_prepared<T>(args: &[&str], prepare: impl FnOnce(&Path) -> T) -> (Master, T) {
         let home = tempfile::tempdir().expect("temp dir");
+        let prepared = prepare(&home.path().join(MASTER_DIR));
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let (daemon, addr) = Self::launch(home.path(), "127.0.0.1:0", &args).await;
-        Master {
+        let master = Master {
             daemon,
             home,
             addr: Some(addr),
             external: None,
             args,
-        }
+        };
+        (master, prepared)
     }
 
     /// Starts a master that uses the external broker at `url` (e.g. RabbitMQ).
@@ -259,7 +271,7 @@ impl Master {
         let mut command = Command::new(env!("CARGO_BIN_EXE_dispatch"));
         command
             .arg("--data-dir")
-            .arg(home.path().join("master"))
+            .arg(home.path().join(MASTER_DIR))
             .args(["master", "--broker", url]);
         let daemon = Daemon::spawn("dispatch master", command);
         daemon.wait_for("using broker").await;
@@ -276,7 +288,7 @@ impl Master {
         let mut command = Command::new(env!("CARGO_BIN_EXE_dispatch"));
         command
             .arg("--data-dir")
-            .arg(home.join("master"))
+            .arg(home.join(MASTER_DIR))
             .args(["master", "--listen", listen])
             .args(args);
         let daemon = Daemon::spawn("dispatch master", command);
@@ -328,7 +340,7 @@ impl Master {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.home.path().join("master")
+        self.home.path().join(MASTER_DIR)
     }
 
     /// A fresh temporary directory beside the master's (for minions).

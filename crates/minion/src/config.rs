@@ -31,8 +31,8 @@ pub const KEY_FILE: &str = "minion.key";
 pub const PIN_FILE: &str = "master.pub";
 /// The job journal in the data dir.
 pub const JOURNAL_FILE: &str = "journal";
-/// The folder of replies kept across a stop ([`crate::kept`]) in the data dir.
-pub const KEPT_REPLIES_DIR: &str = "replies";
+/// The folder of results kept across a stop ([`crate::kept`]) in the data dir.
+pub const KEPT_RESULTS_DIR: &str = "kept-results";
 
 /// First reconnect delay; it doubles up to `--reconnect-max`, with jitter.
 pub const RECONNECT_INITIAL: Duration = Duration::from_millis(100);
@@ -101,7 +101,7 @@ impl Config {
         self.data_dir.join(JOURNAL_FILE)
     }
 
-    pub fn kept_replies_dir(&self) -> PathBuf {
-        self.data_dir.join(KEPT_REPLIES_DIR)
+    pub fn kept_results_dir(&self) -> PathBuf {
+        self.data_dir.join(KEPT_RESULTS_DIR)
     }
 }

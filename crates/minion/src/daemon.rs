@@ -33,7 +33,7 @@ use crate::config::{
 use crate::connector::{self, Backoff, Connected};
 use crate::exec::{self, Ending};
 use crate::journal::{Journal, JournalError};
-use crate::kept::KeptReplies;
+use crate::kept::KeptResults;
 use crate::pin::{PinError, Trust};
 use crate::session::{PresenceKind, Session, SessionError};
 use crate::verify::{self, Checker, MasterKey, Refusal, Verified};
@@ -72,6 +72,8 @@ struct Outgoing {
     finish: bool,
     /// Sessions in which publishing it failed.
     failures: u32,
+    /// Loaded from [`KeptResults`]: its file is forgotten once the reply is sent.
+    kept: bool,
 }
 
 /// How a session ended.
@@ -86,7 +88,7 @@ pub struct Minion {
     pair: KeyPair,
     trust: Trust,
     journal: Arc<Mutex<Journal>>,
-    kept: KeptReplies,
+    kept: KeptResults,
     jobs: JoinSet<()>,
     slots: Arc<Semaphore>,
     replies_tx: mpsc::Sender<Outgoing>,
@@ -106,27 +108,33 @@ impl Minion {
             config.skew.as_millis() as u64,
             now_ms(),
         )?;
-        let kept = KeptReplies::new(config.kept_replies_dir());
+        let kept = KeptResults::new(config.kept_results_dir());
         kept.prune(&unfinished.iter().copied().collect::<HashSet<_>>());
         let outbox = unfinished
             .into_iter()
             .map(|job_id| {
-                let reply = kept.get(job_id, &config.id).inspect(|_| {
-                    info!(job = %job_id, "job {job_id} finished before the minion stopped; sending its kept result");
-                });
-                let reply = reply.unwrap_or_else(|| {
-                    warn!(job = %job_id, "job {job_id} was interrupted when the minion stopped; it will be reported interrupted and not run again");
-                    Reply {
-                        job_id,
-                        minion: config.id.clone(),
-                        outcome: Outcome::Interrupted,
+                let kept_reply = kept.load(job_id, &config.id);
+                let from_disk = kept_reply.is_some();
+                let reply = match kept_reply {
+                    Some(reply) => {
+                        info!(job = %job_id, "job {job_id} finished before the minion stopped; sending its kept result");
+                        reply
                     }
-                });
+                    None => {
+                        warn!(job = %job_id, "job {job_id} was interrupted when the minion stopped; it will be reported interrupted and not run again");
+                        Reply {
+                            job_id,
+                            minion: config.id.clone(),
+                            outcome: Outcome::Interrupted,
+                        }
+                    }
+                };
                 Outgoing {
                     reply,
                     acker: None,
                     finish: true,
                     failures: 0,
+                    kept: from_disk,
                 }
             })
             .collect();
@@ -262,8 +270,8 @@ impl Minion {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), SessionError> {
         let announce = async {
-            while let Some(out) = self.outbox.pop_front() {
-                self.send(session, out).await?;
+            while !self.outbox.is_empty() {
+                self.send_first(session).await?;
             }
             session
                 .publish_presence(&self.pair, &self.config, PresenceKind::Up)
@@ -286,7 +294,10 @@ impl Minion {
                 biased;
                 () = stopped(shutdown) => return Ok(()),
                 Some(out) = self.replies_rx.recv() => {
-                    match unless_held_at_stop(session, shutdown, self.send(session, out)).await {
+                    // In the outbox before the publish starts: a stop that abandons the
+                    // publish (held back) leaves it there to be kept.
+                    self.outbox.push_front(out);
+                    match unless_held_at_stop(session, shutdown, self.send_first(session)).await {
                         Some(sent) => sent?,
                         None => return Ok(()),
                     }
@@ -373,6 +384,7 @@ impl Minion {
                     acker: Some(delivery.acker),
                     finish: false,
                     failures: 0,
+                    kept: false,
                 };
                 self.send(session, out).await?;
             }
@@ -439,30 +451,52 @@ impl Minion {
             acker: Some(acker),
             finish: false,
             failures: 0,
+            kept: false,
         };
         self.send(session, out).await
     }
 
-    /// Publishes a reply, then marks the job finished and acks its delivery. On failure
-    /// the reply goes back to the outbox for the next session ([`set_back`]).
+    /// Sends `out` ahead of the outbox ([`send_first`](Self::send_first)).
     async fn send(&mut self, session: &Session, out: Outgoing) -> Result<(), SessionError> {
-        if let Err(e) = session.publish_reply(&self.pair, &out.reply).await {
+        self.outbox.push_front(out);
+        self.send_first(session).await
+    }
+
+    /// Publishes the reply at the front of the outbox, then marks its job finished and
+    /// acks its delivery. The reply leaves the outbox only once the broker confirmed it,
+    /// so a stop that abandons a held-back publish still finds it there
+    /// ([`keep_unsent`](Self::keep_unsent)). On failure it goes back for the next session
+    /// ([`set_back`]).
+    async fn send_first(&mut self, session: &Session) -> Result<(), SessionError> {
+        let Some(first) = self.outbox.front() else {
+            return Ok(());
+        };
+        let published = session.publish_reply(&self.pair, &first.reply).await;
+        let out = self
+            .outbox
+            .pop_front()
+            .expect("the reply being sent stays at the front");
+        if let Err(e) = published {
             set_back(&mut self.outbox, out, &e);
             return Err(e);
         }
         let job_id = out.reply.job_id;
         if out.finish {
             let journal = self.journal.clone();
-            let kept = self.kept.clone();
-            let finished = move || {
-                let finished = lock(&journal).finish(job_id);
-                kept.forget(job_id);
-                finished
+            let kept = out.kept.then(|| self.kept.clone());
+            let mark_finished = move || {
+                let marked = lock(&journal).finish(job_id);
+                if let (Ok(()), Some(kept)) = (&marked, kept) {
+                    kept.forget(job_id);
+                }
+                marked
             };
-            match tokio::task::spawn_blocking(finished).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => warn!("cannot mark job {job_id} finished in the journal: {e}"),
-                Err(e) => warn!("cannot mark job {job_id} finished in the journal: {e}"),
+            let marked = tokio::task::spawn_blocking(mark_finished)
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|marked| marked.map_err(|e| e.to_string()));
+            if let Err(e) = marked {
+                warn!("cannot mark job {job_id} finished in the journal: {e}");
             }
         }
         if let Some(acker) = &out.acker {
@@ -471,9 +505,10 @@ impl Minion {
         Ok(())
     }
 
-    /// Lets running jobs finish for [`SHUTDOWN_GRACE`], kills the rest (reported
-    /// interrupted), and sends their replies while `session` works. Returns whether the
-    /// session still works.
+    /// The end of the minion's life: lets running jobs finish for [`SHUTDOWN_GRACE`],
+    /// kills the rest (reported interrupted), sends their replies while `session` works,
+    /// and keeps the results it could not send ([`keep_unsent`](Self::keep_unsent)).
+    /// Returns whether the session still works.
     async fn drain(&mut self, session: Option<&Session>) -> bool {
         let mut live = session;
         if !self.jobs.is_empty() {
@@ -649,6 +684,7 @@ async fn job(
         acker: Some(acker),
         finish: true,
         failures: 0,
+        kept: false,
     };
     if replies.send(out).await.is_err() {
         warn!(job = %job_id, "job {job_id}: the minion is gone; its reply is lost");
@@ -666,7 +702,9 @@ fn set_back(outbox: &mut VecDeque<Outgoing>, mut out: Outgoing, error: &SessionE
         return;
     }
     let job_id = out.reply.job_id;
-    let then = if out.finish {
+    let then = if out.kept {
+        "its kept result is sent again at the next start"
+    } else if out.finish {
         "the job stays started in the journal and is reported interrupted at the next start"
     } else {
         "the master learns of the job from its expiry"
@@ -732,6 +770,7 @@ mod tests {
             acker: None,
             finish: true,
             failures: 0,
+            kept: false,
         }
     }
 

@@ -31,8 +31,9 @@
 //! is compacted at every start, so size means damage). A line that does not parse, is
 //! longer than [`MAX_JOURNAL_LINE`], or lacks its final newline (a write torn by a crash,
 //! whose `begin` therefore never returned and whose job never started) is skipped with a
-//! warning. Jobs left `started` are returned as interrupted, and stay in the journal (so
-//! they are never run again) until the session reports them and marks them finished.
+//! warning. Jobs left `started` are returned as unfinished (reported with their kept
+//! result, [`crate::kept`], or else as interrupted), and stay in the journal (so they
+//! are never run again) until the session reports them and marks them finished.
 //!
 //! Open then rewrites the file with one line per job still worth remembering (a
 //! temporary file, fsync, rename, fsync of the directory): an entry is dropped once
@@ -104,7 +105,7 @@ pub struct Journal {
 impl Journal {
     /// Opens (or creates) the journal at `path`, compacts it as of `now_ms`, and
     /// returns it with the jobs that were started but never finished: the minion stopped
-    /// while they ran, and they are to be reported interrupted.
+    /// while they ran or before their reply was sent, and they are to be reported.
     pub fn open(path: &Path, skew_ms: u64, now_ms: u64) -> Result<(Self, Vec<Uuid>), JournalError> {
         let io = |source| JournalError::Io {
             path: path.to_owned(),

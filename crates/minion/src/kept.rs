@@ -2,14 +2,14 @@
 //! broker (the minion was disconnected, or held back by the broker's disk or memory
 //! alarm) and whose minion was then stopped would otherwise be reported "interrupted" at
 //! the next start, its result lost. Instead the stopping minion writes each such reply to
-//! `DATA_DIR/replies/JOB_ID` (msgpack, durably), and the next start sends it in place of
-//! "interrupted".
+//! `DATA_DIR/kept-results/JOB_ID` (msgpack, durably), and the next start sends it in place
+//! of "interrupted".
 //!
 //! The journal still shows the job started, so it is never run again whatever becomes
 //! of the file. The file is forgotten once its reply is with the broker and the job is
-//! marked finished; a file whose job the journal shows finished (the minion stopped in
-//! between) is pruned at the next start. A reply still in memory when the minion is
-//! killed outright is lost as before: the job is then reported interrupted.
+//! marked finished; a file whose job the journal no longer shows unfinished (the minion
+//! stopped in between) is pruned at the next start. A reply still in memory when the
+//! minion is killed outright is lost as before: the job is then reported interrupted.
 
 use dispatch_common::envelope::MAX_ENVELOPE_BYTES;
 use dispatch_common::message::Reply;
@@ -19,13 +19,13 @@ use std::path::{Path, PathBuf};
 use tracing::warn;
 use uuid::Uuid;
 
-/// The folder of kept replies.
+/// The folder of kept results.
 #[derive(Debug, Clone)]
-pub struct KeptReplies {
+pub struct KeptResults {
     dir: PathBuf,
 }
 
-impl KeptReplies {
+impl KeptResults {
     pub fn new(dir: PathBuf) -> Self {
         Self { dir }
     }
@@ -43,7 +43,7 @@ impl KeptReplies {
     /// The reply kept for `job_id` by `minion`, if there is a sound one. A file that is
     /// too large to be a reply, does not decode, or names another job or minion is
     /// logged and ignored (the job is then reported interrupted).
-    pub fn get(&self, job_id: Uuid, minion: &str) -> Option<Reply> {
+    pub fn load(&self, job_id: Uuid, minion: &str) -> Option<Reply> {
         let path = self.path(job_id);
         let mut bytes = Vec::new();
         let read = std::fs::File::open(&path).and_then(|file| {
@@ -80,19 +80,19 @@ impl KeptReplies {
         remove(&self.path(job_id));
     }
 
-    /// Removes every file but the replies of `pending` jobs: replies sent before the
+    /// Removes every file but the replies of `unfinished` jobs: replies sent before the
     /// minion could forget them, and leftovers of writes cut short.
-    pub fn prune(&self, pending: &HashSet<Uuid>) {
+    pub fn prune(&self, unfinished: &HashSet<Uuid>) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
         };
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let still_pending = name
+            let still_unfinished = name
                 .to_str()
                 .and_then(|n| Uuid::parse_str(n).ok())
-                .is_some_and(|job| pending.contains(&job));
-            if !still_pending {
+                .is_some_and(|job| unfinished.contains(&job));
+            if !still_unfinished {
                 remove(&entry.path());
             }
         }
@@ -129,22 +129,22 @@ mod tests {
     }
 
     #[test]
-    fn a_kept_reply_comes_back_until_it_is_forgotten() {
+    fn a_kept_result_comes_back_until_it_is_forgotten() {
         let dir = tempfile::tempdir().unwrap();
-        let kept = KeptReplies::new(dir.path().join("replies"));
+        let kept = KeptResults::new(dir.path().join("replies"));
         let job = Uuid::now_v7();
-        assert_eq!(kept.get(job, "web.01"), None, "nothing kept yet");
+        assert_eq!(kept.load(job, "web.01"), None, "nothing kept yet");
         kept.keep(&finished(job, "web.01")).unwrap();
-        assert_eq!(kept.get(job, "web.01"), Some(finished(job, "web.01")));
-        assert_eq!(kept.get(job, "web.02"), None, "another minion's id");
+        assert_eq!(kept.load(job, "web.01"), Some(finished(job, "web.01")));
+        assert_eq!(kept.load(job, "web.02"), None, "another minion's id");
         kept.forget(job);
-        assert_eq!(kept.get(job, "web.01"), None);
+        assert_eq!(kept.load(job, "web.01"), None);
     }
 
     #[test]
     fn damaged_oversized_and_misplaced_files_are_ignored() {
         let dir = tempfile::tempdir().unwrap();
-        let kept = KeptReplies::new(dir.path().to_owned());
+        let kept = KeptResults::new(dir.path().to_owned());
         let (damaged, large, misplaced) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
         std::fs::write(kept.path(damaged), b"\xc1 not msgpack").unwrap();
         std::fs::write(kept.path(large), vec![0u8; MAX_ENVELOPE_BYTES + 1]).unwrap();
@@ -155,23 +155,23 @@ mod tests {
         )
         .unwrap();
         for job in [damaged, large, misplaced] {
-            assert_eq!(kept.get(job, "web.01"), None);
+            assert_eq!(kept.load(job, "web.01"), None);
         }
     }
 
     #[test]
-    fn pruning_keeps_only_the_replies_of_pending_jobs() {
+    fn pruning_keeps_only_the_results_of_unfinished_jobs() {
         let dir = tempfile::tempdir().unwrap();
-        let kept = KeptReplies::new(dir.path().to_owned());
-        let (pending, sent) = (Uuid::now_v7(), Uuid::now_v7());
-        kept.keep(&finished(pending, "web.01")).unwrap();
+        let kept = KeptResults::new(dir.path().to_owned());
+        let (unfinished, sent) = (Uuid::now_v7(), Uuid::now_v7());
+        kept.keep(&finished(unfinished, "web.01")).unwrap();
         kept.keep(&finished(sent, "web.01")).unwrap();
         std::fs::write(dir.path().join("stray.tmp"), b"cut short").unwrap();
-        kept.prune(&HashSet::from([pending]));
+        kept.prune(&HashSet::from([unfinished]));
         let left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(left, [pending.to_string()]);
+        assert_eq!(left, [unfinished.to_string()]);
     }
 }
