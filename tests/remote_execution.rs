@@ -1,7 +1,7 @@
 //! Remote execution end to end (issue 5): `dispatch run` through a real master to real
 //! minion processes — targeting, output, exit codes, timeouts, truncation, offline
 //! minions and TTLs, at-most-once across a minion crash, a result kept across a minion
-//! stop, and a master restart.
+//! stop, and a master restart (minions come back, a rolling batch goes on).
 
 mod daemons;
 mod tiny_disk;
@@ -457,6 +457,53 @@ async fn async_batch_and_minions() {
     let ids: Vec<_> = listed.iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["db.01", "web.01", "web.02"]);
     assert!(listed.iter().all(|m| m["up"] == true), "{listed:?}");
+}
+
+#[tokio::test]
+async fn a_rolling_batch_goes_on_after_a_master_restart() {
+    let (mut master, _minions) = cluster().await;
+    let scratch = master.scratch("rolling");
+    let (gate, runs) = (scratch.join("gate"), scratch.join("runs"));
+    let script = format!(
+        "echo run >> {}; while [ ! -e {} ]; do sleep 0.05; done",
+        runs.display(),
+        gate.display()
+    );
+    let started = master
+        .cli(&["run", "--async", "--batch", "1", "--shell", "*", &script])
+        .await;
+    assert_eq!(started.code, 0, "{started:?}");
+    let job = started.stdout.trim().to_owned();
+    eventually("the first of the batch runs", || runs.exists()).await;
+    // The master stops while the first minion runs; the other two have not been sent
+    // the command yet.
+    master.restart().await;
+    master.daemon.wait_for("resuming a rolling batch").await;
+    std::fs::write(&gate, b"").unwrap();
+    let view = master
+        .cli_ok(&["job", &job, "--wait", "--timeout", "20s", "--out", "json"])
+        .await;
+    let view: Value = serde_json::from_str(&view).unwrap();
+    let statuses: Vec<_> = view["minions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["minion"].as_str().unwrap(), m["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("db.01", "succeeded"),
+            ("web.01", "succeeded"),
+            ("web.02", "succeeded")
+        ],
+        "{view}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&runs).unwrap(),
+        "run\nrun\nrun\n",
+        "each ran once"
+    );
 }
 
 #[tokio::test]

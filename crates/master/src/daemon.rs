@@ -216,6 +216,8 @@ async fn serve(
         Connected::open(broker.clone(), &connection).await?,
         connection.clone(),
     );
+    // Before returns are consumed: a return may release the next minions of a batch.
+    jobs.resume_batches().await;
     let scheduler = Scheduler::open(jobs.clone(), history.clone(), Arc::new(SystemClock))?;
     let broker_url = dispatch_common::client::redact(url);
     tracing::info!(

@@ -7,7 +7,9 @@
 //! a `BCC` list of minion binding keys (in chunks, so a header never outgrows a frame) —
 //! as a persistent message whose AMQP expiration is the TTL, with publisher confirms.
 //! With `--batch`, offline minions are queued at once and online ones get the command a
-//! batch at a time: each return releases the next.
+//! batch at a time: each return releases the next. Where a batch stands is recorded in
+//! the store at each step, so a restarted master goes on with it
+//! ([`Jobs::resume_batches`]).
 //!
 //! Every return is recorded in the [`JobStore`] first (the first return of a minion to
 //! a job wins), then forwarded to the caller while it waits. The wait ends when every
@@ -20,7 +22,7 @@ use crate::history::{History, MAX_WAIT};
 use crate::layout::MASTER_ID;
 use crate::presence::PresenceBook;
 use crate::rpc::{Caller, Responder};
-use crate::store::{JobRecord, JobStore};
+use crate::store::{JobRecord, JobStore, RollingBatch};
 use dispatch_common::client::PERSISTENT;
 use dispatch_common::envelope::{Envelope, domain};
 use dispatch_common::keys::KeyPair;
@@ -63,11 +65,37 @@ struct Active {
     /// expiry) for each later publish, so a long batch never sends an expired one.
     command: Command,
     ttl: Duration,
+    /// Rolling batch: when it stops releasing minions, recorded with it.
+    until_ms: u64,
 }
 
 impl Active {
     fn rolling(&self) -> bool {
         !self.queue.is_empty() || !self.in_flight.is_empty()
+    }
+
+    /// Where its rolling batch stands, to record; `None` once the batch ended.
+    fn batch(&self) -> Option<RollingBatch> {
+        self.rolling().then(|| RollingBatch {
+            job_id: self.command.job_id,
+            queue: self.queue.iter().cloned().collect(),
+            in_flight: self.in_flight.iter().cloned().collect(),
+            until_ms: self.until_ms,
+        })
+    }
+
+    /// Moves the next queued minion in flight; returns it with a fresh copy of the
+    /// command for it, issued at `now`.
+    fn release_next(&mut self, now: u64) -> Option<(String, Command)> {
+        let minion = self.queue.pop_front()?;
+        self.in_flight.insert(minion.clone());
+        let fresh = Command {
+            issued_at_ms: now,
+            expires_at_ms: now + self.ttl.as_millis() as u64,
+            recipients: vec![minion.clone()],
+            ..self.command.clone()
+        };
+        Some((minion, fresh))
     }
 }
 
@@ -260,7 +288,9 @@ impl Jobs {
             in_flight,
             command,
             ttl,
+            until_ms: now + spec.wait_ms + spec.ttl_ms,
         };
+        let batch = active.batch();
         let nobody_to_wait_for = active.waiting.is_empty() || active.caller.is_none();
         self.active().insert(job_id, active);
         let whole_target = spec.batch.is_none();
@@ -272,6 +302,9 @@ impl Jobs {
             return Err(refusal);
         }
         tracing::info!(%job_id, by = %submitter.by, origin = %submitter.origin, target = %spec.target, expected = expected.len(), offline = started.offline.len(), "job published");
+        if let Some(batch) = batch {
+            self.record_batch(job_id, Some(batch)).await;
+        }
         if nobody_to_wait_for {
             self.end_wait(job_id).await;
         } else {
@@ -413,22 +446,9 @@ impl Jobs {
             };
             job.waiting.remove(&reply.minion);
             job.offline.remove(&reply.minion);
-            let mut next = None;
-            if job.in_flight.remove(&reply.minion) {
-                next = job.queue.pop_front();
-                if let Some(minion) = &next {
-                    job.in_flight.insert(minion.clone());
-                }
-            }
-            let next = next.map(|m| {
-                let now = now_ms();
-                let fresh = Command {
-                    issued_at_ms: now,
-                    expires_at_ms: now + job.ttl.as_millis() as u64,
-                    recipients: vec![m.clone()],
-                    ..job.command.clone()
-                };
-                (m, fresh, job.ttl)
+            let step = job.in_flight.remove(&reply.minion).then(|| {
+                let next = job.release_next(now_ms());
+                (next, job.ttl, job.batch())
             });
             let done = job.caller.is_some() && job.waiting.is_empty();
             if job.caller.is_none() && !job.rolling() {
@@ -436,16 +456,15 @@ impl Jobs {
             }
             (
                 active.get(&reply.job_id).and_then(|j| j.caller.clone()),
-                next,
+                step,
                 done,
             )
         };
-        if let Some((minion, command, ttl)) = next {
-            let target = Target::List(vec![minion.clone()]);
-            let bytes = self.seal(&command);
-            if let Err(e) = self.publish(&bytes, ttl, &target, &[minion], false).await {
-                tracing::error!(job = %reply.job_id, "rolling batch: {e}");
+        if let Some((next, ttl, batch)) = next {
+            if let Some((minion, command)) = next {
+                self.send_one(&minion, &command, ttl).await;
             }
+            self.record_batch(reply.job_id, batch).await;
         }
         if let Some(caller) = caller {
             self.responder
@@ -484,16 +503,100 @@ impl Jobs {
             (caller, summary, ttl)
         };
         if let Some(ttl) = ttl {
-            let jobs = self.clone();
-            self.history.tasks.spawn(async move {
-                tokio::time::sleep(ttl).await;
-                jobs.active().remove(&job_id);
-            });
+            self.stop_batch_after(job_id, ttl);
         }
         if let Some(caller) = caller {
             self.responder
                 .send(&caller, ResponseBody::Summary(summary))
                 .await;
+        }
+    }
+
+    /// Sends the rolling batch's fresh copy of the command to `minion`.
+    async fn send_one(&self, minion: &str, command: &Command, ttl: Duration) {
+        let target = Target::List(vec![minion.to_owned()]);
+        let bytes = self.seal(command);
+        if let Err(e) = self
+            .publish(&bytes, ttl, &target, &[minion.to_owned()], false)
+            .await
+        {
+            tracing::error!(job = %command.job_id, "rolling batch: {e}");
+        }
+    }
+
+    /// Records where the rolling batch of `job_id` stands (`None`: it ended). A failure
+    /// is logged: the batch goes on, but a master restart would lose it.
+    async fn record_batch(&self, job_id: Uuid, batch: Option<RollingBatch>) {
+        let store = self.store.clone();
+        let recorded = tokio::task::spawn_blocking(move || match batch {
+            Some(batch) => store.put_batch(&batch),
+            None => store.delete_batch(&job_id),
+        })
+        .await;
+        let failed = match recorded {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::error!(job = %job_id, "recording the rolling batch: {failed}");
+    }
+
+    /// Stops the rolling batch of `job_id` after `delay`: its TTL has passed by then, so
+    /// minions still queued would get an expired command.
+    fn stop_batch_after(self: &Arc<Self>, job_id: Uuid, delay: Duration) {
+        let jobs = self.clone();
+        self.history.tasks.spawn(async move {
+            tokio::time::sleep(delay).await;
+            let stopped = jobs.active().remove(&job_id);
+            if stopped.is_some_and(|job| job.rolling()) {
+                jobs.record_batch(job_id, None).await;
+            }
+        });
+    }
+
+    /// Goes on with the rolling batches recorded as under way when the master stopped;
+    /// call it before returns are consumed. In-flight minions whose return was recorded
+    /// meanwhile release the next ones now; batches past their time are forgotten.
+    pub async fn resume_batches(self: &Arc<Self>) {
+        let store = self.store.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let mut resumable = Vec::new();
+            for batch in store.batches()? {
+                let job = store.job(&batch.job_id)?;
+                let returned: BTreeSet<String> = store
+                    .returns(&batch.job_id)?
+                    .into_iter()
+                    .map(|r| r.minion)
+                    .collect();
+                resumable.push((batch, job, returned));
+            }
+            Ok::<_, crate::store::StoreError>(resumable)
+        })
+        .await;
+        let resumable = match loaded {
+            Ok(Ok(resumable)) => resumable,
+            Ok(Err(e)) => return tracing::error!("rolling batches cannot be resumed: {e}"),
+            Err(e) => return tracing::error!("rolling batches cannot be resumed: {e}"),
+        };
+        let now = now_ms();
+        for (batch, job, returned) in resumable {
+            let job_id = batch.job_id;
+            let Some(job) = job.filter(|_| now < batch.until_ms) else {
+                tracing::info!(job = %job_id, "rolling batch past its time; not resumed");
+                self.record_batch(job_id, None).await;
+                continue;
+            };
+            let (active, sends) = resumed(batch, job, &returned, now);
+            tracing::info!(job = %job_id, sent = active.in_flight.len(), queued = active.queue.len(), "resuming a rolling batch");
+            let (ttl, record, until_ms) = (active.ttl, active.batch(), active.until_ms);
+            if active.rolling() {
+                self.active().insert(job_id, active);
+                self.stop_batch_after(job_id, Duration::from_millis(until_ms - now));
+            }
+            for (minion, command) in sends {
+                self.send_one(&minion, &command, ttl).await;
+            }
+            self.record_batch(job_id, record).await;
         }
     }
 
@@ -516,6 +619,47 @@ impl Jobs {
         }
         minions
     }
+}
+
+/// The rolling batch of `job` as recorded, minus the minions whose return is recorded
+/// (`returned`), with as many released from its queue as returned while in flight;
+/// returns it with the copies of the command to send.
+fn resumed(
+    batch: RollingBatch,
+    job: JobRecord,
+    returned: &BTreeSet<String>,
+    now: u64,
+) -> (Active, Vec<(String, Command)>) {
+    let in_flight: BTreeSet<String> = batch
+        .in_flight
+        .iter()
+        .filter(|m| !returned.contains(*m))
+        .cloned()
+        .collect();
+    let freed = batch.in_flight.len() - in_flight.len();
+    let mut active = Active {
+        caller: None,
+        waiting: BTreeSet::new(),
+        offline: BTreeSet::new(),
+        queue: batch
+            .queue
+            .into_iter()
+            .filter(|m| !returned.contains(m))
+            .collect(),
+        in_flight,
+        command: Command {
+            job_id: job.id,
+            target: job.target,
+            issued_at_ms: now,
+            expires_at_ms: now + job.ttl_ms,
+            exec: job.exec,
+            recipients: Vec::new(),
+        },
+        ttl: Duration::from_millis(job.ttl_ms),
+        until_ms: batch.until_ms,
+    };
+    let sends = (0..freed).map_while(|_| active.release_next(now)).collect();
+    (active, sends)
 }
 
 /// Bounds on what a run may ask for.
@@ -541,4 +685,78 @@ fn check(spec: &RunSpec) -> Result<(), Refusal> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dispatch_common::message::Exec;
+
+    fn recorded(queue: &[&str], in_flight: &[&str]) -> (RollingBatch, JobRecord) {
+        let ids = |list: &[&str]| list.iter().map(|m| m.to_string()).collect::<Vec<_>>();
+        let job = JobRecord {
+            id: Uuid::now_v7(),
+            submitted_by: "operator.local".into(),
+            submitted_at_ms: 1,
+            origin: ORIGIN_CLI.into(),
+            target: Target::All,
+            expected: ids(&["a", "b", "c", "d"]),
+            offline: vec![],
+            exec: Exec {
+                argv: vec!["true".into()],
+                shell: false,
+                env: vec![],
+                cwd: None,
+                timeout_ms: None,
+            },
+            wait_ms: 10,
+            ttl_ms: 60_000,
+            expires_at_ms: 60_001,
+            request_nonce: None,
+        };
+        let batch = RollingBatch {
+            job_id: job.id,
+            queue: ids(queue),
+            in_flight: ids(in_flight),
+            until_ms: 70_000,
+        };
+        (batch, job)
+    }
+
+    #[test]
+    fn a_resumed_batch_releases_one_minion_per_return_recorded_while_in_flight() {
+        let (batch, job) = recorded(&["c", "d"], &["a", "b"]);
+        let returned = BTreeSet::from(["a".to_owned()]);
+        let (active, sends) = resumed(batch, job, &returned, 5_000);
+        let sent: Vec<_> = sends
+            .iter()
+            .map(|(m, c)| (m.as_str(), &c.recipients))
+            .collect();
+        assert_eq!(sent, [("c", &vec!["c".to_owned()])]);
+        assert_eq!(sends[0].1.issued_at_ms, 5_000, "a fresh copy");
+        assert_eq!(sends[0].1.expires_at_ms, 65_000);
+        assert_eq!(
+            active.in_flight,
+            BTreeSet::from(["b".to_owned(), "c".to_owned()])
+        );
+        assert_eq!(active.queue, ["d"]);
+        assert!(active.rolling());
+    }
+
+    #[test]
+    fn a_resumed_batch_with_nothing_returned_sends_nothing_and_one_fully_returned_ends() {
+        let (batch, job) = recorded(&["c"], &["a", "b"]);
+        let (active, sends) = resumed(batch.clone(), job.clone(), &BTreeSet::new(), 5_000);
+        assert!(sends.is_empty());
+        assert_eq!(active.batch().unwrap().in_flight, ["a", "b"]);
+
+        let everyone = ["a", "b", "c"].map(String::from).into();
+        let (active, sends) = resumed(batch, job, &everyone, 5_000);
+        assert!(
+            sends.is_empty(),
+            "a queued minion that returned is not sent again"
+        );
+        assert!(!active.rolling());
+        assert_eq!(active.batch(), None);
+    }
 }

@@ -12,7 +12,9 @@
 //! records the nonce of the request that made it, so a request redelivered after a
 //! master crash cannot publish the job twice.
 //!
-//! Schedules live in their own table, one msgpack-encoded [`Schedule`] per name.
+//! Schedules live in their own table, one msgpack-encoded [`Schedule`] per name. So do
+//! rolling batches still under way ([`RollingBatch`]), so a restarted master goes on
+//! with them.
 //!
 //! Job ids are stored as 32 lowercase hex digits, and reversed beside, so a lookup by
 //! prefix or by suffix is an index range scan whatever the number of jobs.
@@ -63,6 +65,12 @@ const MIGRATIONS: &[&str] = &[
         nonce BLOB PRIMARY KEY,
         expires_at_ms INTEGER NOT NULL
     );",
+    "CREATE TABLE rolling_batches (
+        job_id TEXT PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,
+        queue TEXT NOT NULL,
+        in_flight TEXT NOT NULL,
+        until_ms INTEGER NOT NULL
+    );",
 ];
 
 /// Why the store failed.
@@ -101,6 +109,17 @@ pub struct JobRecord {
     pub expires_at_ms: u64,
     /// The nonce of the RPC request that made the job, if one did.
     pub request_nonce: Option<[u8; 16]>,
+}
+
+/// Where a rolling batch (`dispatch run --batch`) stands: which online targets have not
+/// been sent the command yet, which have it and have not returned, and until when the
+/// batch may go on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollingBatch {
+    pub job_id: Uuid,
+    pub queue: Vec<String>,
+    pub in_flight: Vec<String>,
+    pub until_ms: u64,
 }
 
 /// One recorded return.
@@ -346,6 +365,60 @@ impl JobStore {
     }
 }
 
+impl JobStore {
+    /// Records where a rolling batch stands, replacing what was recorded.
+    pub fn put_batch(&self, batch: &RollingBatch) -> Result<(), StoreError> {
+        self.lock().execute(
+            "INSERT INTO rolling_batches (job_id, queue, in_flight, until_ms)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (job_id) DO UPDATE SET queue = excluded.queue,
+                in_flight = excluded.in_flight, until_ms = excluded.until_ms",
+            params![
+                hex_id(&batch.job_id),
+                batch.queue.join(","),
+                batch.in_flight.join(","),
+                batch.until_ms as i64,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets the rolling batch of job `id` (it ended or ran out of time).
+    pub fn delete_batch(&self, id: &Uuid) -> Result<(), StoreError> {
+        self.lock().execute(
+            "DELETE FROM rolling_batches WHERE job_id = ?1",
+            params![hex_id(id)],
+        )?;
+        Ok(())
+    }
+
+    /// Every rolling batch recorded as under way.
+    pub fn batches(&self) -> Result<Vec<RollingBatch>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection
+            .prepare_cached("SELECT job_id, queue, in_flight, until_ms FROM rolling_batches")?;
+        let rows = statement.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        let mut batches = Vec::new();
+        for row in rows {
+            let (id, queue, in_flight, until_ms) = row?;
+            batches.push(RollingBatch {
+                job_id: Uuid::parse_str(&id).map_err(|e| StoreError::Decode(e.to_string()))?,
+                queue: id_list(&queue),
+                in_flight: id_list(&in_flight),
+                until_ms: until_ms as u64,
+            });
+        }
+        Ok(batches)
+    }
+}
+
 /// The columns [`read_job`] reads.
 const SELECT_JOB: &str = "SELECT id, submitted_by, submitted_at_ms, origin, target_spec, expected,
     offline, exec, wait_ms, ttl_ms, expires_at_ms FROM jobs";
@@ -383,20 +456,14 @@ fn read_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
 
 impl JobRow {
     fn decode(self) -> Result<JobRecord, StoreError> {
-        let list = |text: &str| -> Vec<String> {
-            text.split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect()
-        };
         Ok(JobRecord {
             id: Uuid::parse_str(&self.id).map_err(|e| StoreError::Decode(e.to_string()))?,
             submitted_by: self.submitted_by,
             submitted_at_ms: self.submitted_at_ms as u64,
             origin: self.origin,
             target: decode(&self.target)?,
-            expected: list(&self.expected),
-            offline: list(&self.offline),
+            expected: id_list(&self.expected),
+            offline: id_list(&self.offline),
             exec: decode(&self.exec)?,
             wait_ms: self.wait_ms as u64,
             ttl_ms: self.ttl_ms as u64,
@@ -404,6 +471,14 @@ impl JobRow {
             request_nonce: None,
         })
     }
+}
+
+/// Minion ids stored joined by commas (the id grammar has none).
+fn id_list(text: &str) -> Vec<String> {
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A job id as stored: 32 lowercase hex digits.
@@ -458,6 +533,30 @@ mod tests {
             expires_at_ms: 4,
             request_nonce: Some([7; 16]),
         }
+    }
+
+    #[test]
+    fn a_rolling_batch_is_recorded_replaced_and_forgotten_and_goes_with_its_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JobStore::open(&dir.path().join("jobs.sqlite")).unwrap();
+        let job = job();
+        store.insert_job(&job).unwrap();
+        let mut batch = RollingBatch {
+            job_id: job.id,
+            queue: vec!["web.02".into()],
+            in_flight: vec!["web.01".into()],
+            until_ms: 99,
+        };
+        store.put_batch(&batch).unwrap();
+        batch.queue.clear();
+        batch.in_flight = vec!["web.01".into(), "web.02".into()];
+        store.put_batch(&batch).unwrap();
+        assert_eq!(store.batches().unwrap(), [batch.clone()]);
+        store.delete_batch(&job.id).unwrap();
+        assert_eq!(store.batches().unwrap(), []);
+        store.put_batch(&batch).unwrap();
+        store.prune(1_000, 10).unwrap();
+        assert_eq!(store.batches().unwrap(), [], "pruned with its job");
     }
 
     fn reply(job: &JobRecord, minion: &str, outcome: Outcome) -> Reply {
