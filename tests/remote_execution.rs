@@ -461,7 +461,7 @@ async fn async_batch_and_minions() {
 
 #[tokio::test]
 async fn a_rolling_batch_goes_on_after_a_master_restart() {
-    let (mut master, _minions) = cluster().await;
+    let (mut master, minions) = cluster().await;
     let scratch = master.scratch("rolling");
     let (gate, runs) = (scratch.join("gate"), scratch.join("runs"));
     let script = format!(
@@ -481,7 +481,7 @@ async fn a_rolling_batch_goes_on_after_a_master_restart() {
     master.daemon.wait_for("resuming a rolling batch").await;
     std::fs::write(&gate, b"").unwrap();
     let view = master
-        .cli_ok(&["job", &job, "--wait", "--timeout", "20s", "--out", "json"])
+        .cli_ok(&["job", &job, "--wait", "--timeout", "10s", "--out", "json"])
         .await;
     let view: Value = serde_json::from_str(&view).unwrap();
     let statuses: Vec<_> = view["minions"]
@@ -504,6 +504,13 @@ async fn a_rolling_batch_goes_on_after_a_master_restart() {
         "run\nrun\nrun\n",
         "each ran once"
     );
+    for minion in &minions {
+        assert!(
+            !minion.daemon.printed("refused command"),
+            "no copy was sent twice: {}",
+            minion.daemon.output()
+        );
+    }
 }
 
 #[tokio::test]

@@ -65,7 +65,9 @@ struct Active {
     /// expiry) for each later publish, so a long batch never sends an expired one.
     command: Command,
     ttl: Duration,
-    /// Rolling batch: when it stops releasing minions, recorded with it.
+    /// Rolling batch: how many may have the command at once (0 without `--batch`).
+    size: usize,
+    /// Rolling batch: when it stops releasing minions (its TTL past the caller's wait).
     until_ms: u64,
 }
 
@@ -75,27 +77,41 @@ impl Active {
     }
 
     /// Where its rolling batch stands, to record; `None` once the batch ended.
-    fn batch(&self) -> Option<RollingBatch> {
+    fn snapshot(&self) -> Option<RollingBatch> {
         self.rolling().then(|| RollingBatch {
             job_id: self.command.job_id,
+            size: self.size,
             queue: self.queue.iter().cloned().collect(),
             in_flight: self.in_flight.iter().cloned().collect(),
             until_ms: self.until_ms,
         })
     }
 
-    /// Moves the next queued minion in flight; returns it with a fresh copy of the
-    /// command for it, issued at `now`.
-    fn release_next(&mut self, now: u64) -> Option<(String, Command)> {
-        let minion = self.queue.pop_front()?;
-        self.in_flight.insert(minion.clone());
-        let fresh = Command {
-            issued_at_ms: now,
-            expires_at_ms: now + self.ttl.as_millis() as u64,
-            recipients: vec![minion.clone()],
-            ..self.command.clone()
-        };
-        Some((minion, fresh))
+    /// Moves queued minions in flight while the batch has room; returns them, each with
+    /// a fresh copy of the command issued at `now`.
+    fn release(&mut self, now: u64) -> Vec<(String, Command)> {
+        let mut released = Vec::new();
+        while self.in_flight.len() < self.size {
+            let Some(minion) = self.queue.pop_front() else {
+                break;
+            };
+            self.in_flight.insert(minion.clone());
+            let fresh = Command {
+                issued_at_ms: now,
+                expires_at_ms: now + self.ttl.as_millis() as u64,
+                recipients: vec![minion.clone()],
+                ..self.command.clone()
+            };
+            released.push((minion, fresh));
+        }
+        released
+    }
+
+    /// Puts `minion`, whose copy could not be published, back at the head of the queue.
+    fn unrelease(&mut self, minion: &str) {
+        if self.in_flight.remove(minion) {
+            self.queue.push_front(minion.to_owned());
+        }
     }
 }
 
@@ -113,6 +129,8 @@ pub struct Jobs {
     pub connected: Connected,
     pub connection: Arc<Connection>,
     active: Mutex<HashMap<Uuid, Active>>,
+    /// Held while a rolling batch is recorded, so the store always ends with the latest.
+    batch_writes: tokio::sync::Mutex<()>,
 }
 
 /// Why a run could not start; sent to the caller as an error.
@@ -153,6 +171,7 @@ impl Jobs {
             connected,
             connection,
             active: Mutex::default(),
+            batch_writes: tokio::sync::Mutex::default(),
         })
     }
 
@@ -272,39 +291,52 @@ impl Jobs {
                 .send(caller, ResponseBody::Started(started.clone()))
                 .await;
         }
-        let in_flight = match spec.batch {
-            Some(_) => now_targets
-                .iter()
-                .filter(|m| !offline.contains(*m))
-                .cloned()
-                .collect(),
-            None => BTreeSet::new(),
+        let (in_flight, size) = match spec.batch {
+            Some(_) => {
+                let first: BTreeSet<String> = now_targets
+                    .iter()
+                    .filter(|m| !offline.contains(*m))
+                    .cloned()
+                    .collect();
+                let size = first.len();
+                (first, size)
+            }
+            None => (BTreeSet::new(), 0),
         };
+        let caller = caller.filter(|_| !spec.detach).cloned();
+        let wait_ms = if caller.is_some() { spec.wait_ms } else { 0 };
         let active = Active {
-            caller: caller.filter(|_| !spec.detach).cloned(),
+            caller,
             waiting: online.iter().cloned().collect(),
             offline,
             queue,
             in_flight,
             command,
             ttl,
-            until_ms: now + spec.wait_ms + spec.ttl_ms,
+            size,
+            until_ms: now + wait_ms + spec.ttl_ms,
         };
-        let batch = active.batch();
+        let rolling = active.rolling();
         let nobody_to_wait_for = active.waiting.is_empty() || active.caller.is_none();
         self.active().insert(job_id, active);
+        // Recorded before the publish, so no return can be recorded first. A master that
+        // stops in between leaves a batch whose first minions never return: it then
+        // ends at its time, as a batch never published.
+        if rolling {
+            self.record_batch(job_id).await;
+        }
         let whole_target = spec.batch.is_none();
         if let Err(refusal) = self
             .publish(&bytes, ttl, &spec.target, &now_targets, whole_target)
             .await
         {
             self.active().remove(&job_id);
+            if rolling {
+                self.record_batch(job_id).await;
+            }
             return Err(refusal);
         }
         tracing::info!(%job_id, by = %submitter.by, origin = %submitter.origin, target = %spec.target, expected = expected.len(), offline = started.offline.len(), "job published");
-        if let Some(batch) = batch {
-            self.record_batch(job_id, Some(batch)).await;
-        }
         if nobody_to_wait_for {
             self.end_wait(job_id).await;
         } else {
@@ -439,32 +471,30 @@ impl Jobs {
             Ok(Err(e)) => tracing::error!("recording a return: {e}"),
             Err(e) => tracing::error!("recording a return: {e}"),
         }
-        let (caller, next, done) = {
+        let (caller, released, done) = {
             let mut active = self.active();
             let Some(job) = active.get_mut(&reply.job_id) else {
                 return;
             };
             job.waiting.remove(&reply.minion);
             job.offline.remove(&reply.minion);
-            let step = job.in_flight.remove(&reply.minion).then(|| {
-                let next = job.release_next(now_ms());
-                (next, job.ttl, job.batch())
-            });
+            let released = job
+                .in_flight
+                .remove(&reply.minion)
+                .then(|| (job.release(now_ms()), job.ttl));
             let done = job.caller.is_some() && job.waiting.is_empty();
             if job.caller.is_none() && !job.rolling() {
                 active.remove(&reply.job_id);
             }
             (
                 active.get(&reply.job_id).and_then(|j| j.caller.clone()),
-                step,
+                released,
                 done,
             )
         };
-        if let Some((next, ttl, batch)) = next {
-            if let Some((minion, command)) = next {
-                self.send_one(&minion, &command, ttl).await;
-            }
-            self.record_batch(reply.job_id, batch).await;
+        if let Some((released, ttl)) = released {
+            self.send_released(reply.job_id, released, ttl).await;
+            self.record_batch(reply.job_id).await;
         }
         if let Some(caller) = caller {
             self.responder
@@ -479,7 +509,7 @@ impl Jobs {
     /// Ends the caller's wait: sends the summary. A rolling batch goes on without it
     /// until it ends or its TTL passes.
     async fn end_wait(self: &Arc<Self>, job_id: Uuid) {
-        let (caller, summary, ttl) = {
+        let (caller, summary, until_ms) = {
             let mut active = self.active();
             let Some(job) = active.get_mut(&job_id) else {
                 return;
@@ -496,14 +526,14 @@ impl Jobs {
                 offline: job.offline.iter().cloned().collect(),
                 not_started: job.queue.iter().cloned().collect(),
             };
-            let ttl = job.rolling().then_some(job.ttl);
-            if ttl.is_none() {
+            let until_ms = job.rolling().then_some(job.until_ms);
+            if until_ms.is_none() {
                 active.remove(&job_id);
             }
-            (caller, summary, ttl)
+            (caller, summary, until_ms)
         };
-        if let Some(ttl) = ttl {
-            self.stop_batch_after(job_id, ttl);
+        if let Some(until_ms) = until_ms {
+            self.stop_batch_at(job_id, until_ms);
         }
         if let Some(caller) = caller {
             self.responder
@@ -512,23 +542,34 @@ impl Jobs {
         }
     }
 
-    /// Sends the rolling batch's fresh copy of the command to `minion`.
-    async fn send_one(&self, minion: &str, command: &Command, ttl: Duration) {
-        let target = Target::List(vec![minion.to_owned()]);
-        let bytes = self.seal(command);
-        if let Err(e) = self
-            .publish(&bytes, ttl, &target, &[minion.to_owned()], false)
-            .await
-        {
-            tracing::error!(job = %command.job_id, "rolling batch: {e}");
+    /// Publishes each released minion's copy of the command. A copy that cannot be
+    /// published puts its minion back at the head of the queue (released again by the
+    /// next return, or by a restarted master).
+    async fn send_released(&self, job_id: Uuid, released: Vec<(String, Command)>, ttl: Duration) {
+        for (minion, command) in released {
+            let target = Target::List(vec![minion.clone()]);
+            let bytes = self.seal(&command);
+            let published = self
+                .publish(&bytes, ttl, &target, std::slice::from_ref(&minion), false)
+                .await;
+            if let Err(e) = published {
+                tracing::error!(job = %job_id, %minion, "rolling batch: {e}; {minion} goes back to the queue");
+                if let Some(job) = self.active().get_mut(&job_id) {
+                    job.unrelease(&minion);
+                }
+            }
         }
     }
 
-    /// Records where the rolling batch of `job_id` stands (`None`: it ended). A failure
-    /// is logged: the batch goes on, but a master restart would lose it.
-    async fn record_batch(&self, job_id: Uuid, batch: Option<RollingBatch>) {
+    /// Records where the rolling batch of `job_id` stands now, or forgets it once it
+    /// ended or stopped. Writes are serialised and each reads the latest state, so the
+    /// store never ends with an older one. A failure is logged: the batch goes on, but a
+    /// master restart would lose it.
+    async fn record_batch(&self, job_id: Uuid) {
+        let _in_order = self.batch_writes.lock().await;
+        let snapshot = self.active().get(&job_id).and_then(Active::snapshot);
         let store = self.store.clone();
-        let recorded = tokio::task::spawn_blocking(move || match batch {
+        let recorded = tokio::task::spawn_blocking(move || match snapshot {
             Some(batch) => store.put_batch(&batch),
             None => store.delete_batch(&job_id),
         })
@@ -541,62 +582,67 @@ impl Jobs {
         tracing::error!(job = %job_id, "recording the rolling batch: {failed}");
     }
 
-    /// Stops the rolling batch of `job_id` after `delay`: its TTL has passed by then, so
-    /// minions still queued would get an expired command.
-    fn stop_batch_after(self: &Arc<Self>, job_id: Uuid, delay: Duration) {
+    /// Stops the rolling batch of `job_id` at `until_ms`, when its TTL has passed the
+    /// caller's wait: a minion reached later would run a job nobody follows any more.
+    fn stop_batch_at(self: &Arc<Self>, job_id: Uuid, until_ms: u64) {
         let jobs = self.clone();
+        let delay = Duration::from_millis(until_ms.saturating_sub(now_ms()));
         self.history.tasks.spawn(async move {
             tokio::time::sleep(delay).await;
-            let stopped = jobs.active().remove(&job_id);
-            if stopped.is_some_and(|job| job.rolling()) {
-                jobs.record_batch(job_id, None).await;
-            }
+            jobs.active().remove(&job_id);
+            jobs.record_batch(job_id).await;
         });
     }
 
     /// Goes on with the rolling batches recorded as under way when the master stopped;
-    /// call it before returns are consumed. In-flight minions whose return was recorded
-    /// meanwhile release the next ones now; batches past their time are forgotten.
+    /// call it before returns are consumed. Minions recorded in flight whose return was
+    /// recorded before the stop free their place, and the batch is topped up to its size
+    /// from its queue; batches past their time, or whose job is gone, are forgotten.
     pub async fn resume_batches(self: &Arc<Self>) {
         let store = self.store.clone();
-        let loaded = tokio::task::spawn_blocking(move || {
-            let mut resumable = Vec::new();
-            for batch in store.batches()? {
-                let job = store.job(&batch.job_id)?;
-                let returned: BTreeSet<String> = store
-                    .returns(&batch.job_id)?
-                    .into_iter()
-                    .map(|r| r.minion)
-                    .collect();
-                resumable.push((batch, job, returned));
-            }
-            Ok::<_, crate::store::StoreError>(resumable)
-        })
-        .await;
-        let resumable = match loaded {
-            Ok(Ok(resumable)) => resumable,
+        let batches = match tokio::task::spawn_blocking(move || store.batches()).await {
+            Ok(Ok(batches)) => batches,
             Ok(Err(e)) => return tracing::error!("rolling batches cannot be resumed: {e}"),
             Err(e) => return tracing::error!("rolling batches cannot be resumed: {e}"),
         };
-        let now = now_ms();
-        for (batch, job, returned) in resumable {
+        for batch in batches {
             let job_id = batch.job_id;
-            let Some(job) = job.filter(|_| now < batch.until_ms) else {
-                tracing::info!(job = %job_id, "rolling batch past its time; not resumed");
-                self.record_batch(job_id, None).await;
-                continue;
+            let store = self.store.clone();
+            let loaded = tokio::task::spawn_blocking(move || {
+                let returned: BTreeSet<String> = store
+                    .returns(&job_id)?
+                    .into_iter()
+                    .map(|r| r.minion)
+                    .collect();
+                Ok::<_, crate::store::StoreError>((store.job(&job_id)?, returned))
+            })
+            .await;
+            let now = now_ms();
+            let (active, released) = match loaded {
+                Ok(Ok((Some(job), returned))) if now < batch.until_ms => {
+                    resumed(batch, job, &returned, now)
+                }
+                Ok(Ok(_)) => {
+                    tracing::info!(job = %job_id, "rolling batch past its time or without its job; not resumed");
+                    self.record_batch(job_id).await;
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(job = %job_id, "rolling batch cannot be resumed: {e}");
+                    self.record_batch(job_id).await;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(job = %job_id, "rolling batch cannot be resumed: {e}");
+                    continue;
+                }
             };
-            let (active, sends) = resumed(batch, job, &returned, now);
-            tracing::info!(job = %job_id, sent = active.in_flight.len(), queued = active.queue.len(), "resuming a rolling batch");
-            let (ttl, record, until_ms) = (active.ttl, active.batch(), active.until_ms);
-            if active.rolling() {
-                self.active().insert(job_id, active);
-                self.stop_batch_after(job_id, Duration::from_millis(until_ms - now));
-            }
-            for (minion, command) in sends {
-                self.send_one(&minion, &command, ttl).await;
-            }
-            self.record_batch(job_id, record).await;
+            tracing::info!(job = %job_id, in_flight = active.in_flight.len(), queued = active.queue.len(), "resuming a rolling batch");
+            let (ttl, until_ms) = (active.ttl, active.until_ms);
+            self.active().insert(job_id, active);
+            self.stop_batch_at(job_id, until_ms);
+            self.send_released(job_id, released, ttl).await;
+            self.record_batch(job_id).await;
         }
     }
 
@@ -622,8 +668,8 @@ impl Jobs {
 }
 
 /// The rolling batch of `job` as recorded, minus the minions whose return is recorded
-/// (`returned`), with as many released from its queue as returned while in flight;
-/// returns it with the copies of the command to send.
+/// (`returned`), topped up from its queue to its size; returns it with the minions
+/// released and their copies of the command.
 fn resumed(
     batch: RollingBatch,
     job: JobRecord,
@@ -632,11 +678,9 @@ fn resumed(
 ) -> (Active, Vec<(String, Command)>) {
     let in_flight: BTreeSet<String> = batch
         .in_flight
-        .iter()
-        .filter(|m| !returned.contains(*m))
-        .cloned()
+        .into_iter()
+        .filter(|m| !returned.contains(m))
         .collect();
-    let freed = batch.in_flight.len() - in_flight.len();
     let mut active = Active {
         caller: None,
         waiting: BTreeSet::new(),
@@ -656,10 +700,11 @@ fn resumed(
             recipients: Vec::new(),
         },
         ttl: Duration::from_millis(job.ttl_ms),
+        size: batch.size,
         until_ms: batch.until_ms,
     };
-    let sends = (0..freed).map_while(|_| active.release_next(now)).collect();
-    (active, sends)
+    let released = active.release(now);
+    (active, released)
 }
 
 /// Bounds on what a run may ask for.
@@ -716,6 +761,7 @@ mod tests {
         };
         let batch = RollingBatch {
             job_id: job.id,
+            size: in_flight.len(),
             queue: ids(queue),
             in_flight: ids(in_flight),
             until_ms: 70_000,
@@ -744,11 +790,23 @@ mod tests {
     }
 
     #[test]
+    fn a_minion_whose_copy_was_not_published_is_released_again_on_resume() {
+        let (batch, job) = recorded(&["c"], &["a", "b"]);
+        let (mut active, _) = resumed(batch, job.clone(), &BTreeSet::new(), 5_000);
+        active.unrelease("b");
+        assert_eq!(active.queue, ["b", "c"]);
+        let (active, released) = resumed(active.snapshot().unwrap(), job, &BTreeSet::new(), 6_000);
+        let released: Vec<_> = released.iter().map(|(m, _)| m.as_str()).collect();
+        assert_eq!(released, ["b"], "topped up to the batch size");
+        assert_eq!(active.queue, ["c"]);
+    }
+
+    #[test]
     fn a_resumed_batch_with_nothing_returned_sends_nothing_and_one_fully_returned_ends() {
         let (batch, job) = recorded(&["c"], &["a", "b"]);
         let (active, sends) = resumed(batch.clone(), job.clone(), &BTreeSet::new(), 5_000);
         assert!(sends.is_empty());
-        assert_eq!(active.batch().unwrap().in_flight, ["a", "b"]);
+        assert_eq!(active.snapshot().unwrap().in_flight, ["a", "b"]);
 
         let everyone = ["a", "b", "c"].map(String::from).into();
         let (active, sends) = resumed(batch, job, &everyone, 5_000);
@@ -757,6 +815,6 @@ mod tests {
             "a queued minion that returned is not sent again"
         );
         assert!(!active.rolling());
-        assert_eq!(active.batch(), None);
+        assert_eq!(active.snapshot(), None);
     }
 }

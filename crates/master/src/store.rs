@@ -67,6 +67,7 @@ const MIGRATIONS: &[&str] = &[
     );",
     "CREATE TABLE rolling_batches (
         job_id TEXT PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,
+        size INTEGER NOT NULL,
         queue TEXT NOT NULL,
         in_flight TEXT NOT NULL,
         until_ms INTEGER NOT NULL
@@ -111,12 +112,13 @@ pub struct JobRecord {
     pub request_nonce: Option<[u8; 16]>,
 }
 
-/// Where a rolling batch (`dispatch run --batch`) stands: which online targets have not
-/// been sent the command yet, which have it and have not returned, and until when the
-/// batch may go on.
+/// Where a rolling batch (`dispatch run --batch`) stands: how many minions may have the
+/// command at once, which online targets have not been sent it yet, which have it and
+/// have not returned, and until when the batch may go on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RollingBatch {
     pub job_id: Uuid,
+    pub size: usize,
     pub queue: Vec<String>,
     pub in_flight: Vec<String>,
     pub until_ms: u64,
@@ -286,8 +288,8 @@ impl JobStore {
     }
 
     /// Deletes up to `batch` jobs (and their returns) submitted before `before_ms` whose
-    /// command also expired before it (a long TTL keeps a job while it may still run);
-    /// returns how many went.
+    /// command also expired before it (a long TTL keeps a job while it may still run),
+    /// and whose rolling batch, if any, ended; returns how many went.
     pub fn prune(&self, before_ms: u64, batch: usize) -> Result<usize, StoreError> {
         let connection = self.lock();
         connection.execute(
@@ -296,7 +298,8 @@ impl JobStore {
         )?;
         let deleted = connection.execute(
             "DELETE FROM jobs WHERE id IN (
-                SELECT id FROM jobs WHERE submitted_at_ms < ?1 AND expires_at_ms < ?1 LIMIT ?2)",
+                SELECT id FROM jobs WHERE submitted_at_ms < ?1 AND expires_at_ms < ?1
+                    AND id NOT IN (SELECT job_id FROM rolling_batches) LIMIT ?2)",
             params![before_ms as i64, batch as i64],
         )?;
         Ok(deleted)
@@ -369,12 +372,13 @@ impl JobStore {
     /// Records where a rolling batch stands, replacing what was recorded.
     pub fn put_batch(&self, batch: &RollingBatch) -> Result<(), StoreError> {
         self.lock().execute(
-            "INSERT INTO rolling_batches (job_id, queue, in_flight, until_ms)
-             VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (job_id) DO UPDATE SET queue = excluded.queue,
+            "INSERT INTO rolling_batches (job_id, size, queue, in_flight, until_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (job_id) DO UPDATE SET size = excluded.size, queue = excluded.queue,
                 in_flight = excluded.in_flight, until_ms = excluded.until_ms",
             params![
                 hex_id(&batch.job_id),
+                batch.size as i64,
                 batch.queue.join(","),
                 batch.in_flight.join(","),
                 batch.until_ms as i64,
@@ -395,21 +399,24 @@ impl JobStore {
     /// Every rolling batch recorded as under way.
     pub fn batches(&self) -> Result<Vec<RollingBatch>, StoreError> {
         let connection = self.lock();
-        let mut statement = connection
-            .prepare_cached("SELECT job_id, queue, in_flight, until_ms FROM rolling_batches")?;
+        let mut statement = connection.prepare_cached(
+            "SELECT job_id, size, queue, in_flight, until_ms FROM rolling_batches",
+        )?;
         let rows = statement.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
+                r.get::<_, i64>(1)?,
                 r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
             ))
         })?;
         let mut batches = Vec::new();
         for row in rows {
-            let (id, queue, in_flight, until_ms) = row?;
+            let (id, size, queue, in_flight, until_ms) = row?;
             batches.push(RollingBatch {
                 job_id: Uuid::parse_str(&id).map_err(|e| StoreError::Decode(e.to_string()))?,
+                size: size as usize,
                 queue: id_list(&queue),
                 in_flight: id_list(&in_flight),
                 until_ms: until_ms as u64,
@@ -536,13 +543,14 @@ mod tests {
     }
 
     #[test]
-    fn a_rolling_batch_is_recorded_replaced_and_forgotten_and_goes_with_its_job() {
+    fn a_rolling_batch_is_recorded_replaced_and_forgotten_and_keeps_its_job() {
         let dir = tempfile::tempdir().unwrap();
         let store = JobStore::open(&dir.path().join("jobs.sqlite")).unwrap();
         let job = job();
         store.insert_job(&job).unwrap();
         let mut batch = RollingBatch {
             job_id: job.id,
+            size: 1,
             queue: vec!["web.02".into()],
             in_flight: vec!["web.01".into()],
             until_ms: 99,
@@ -555,8 +563,38 @@ mod tests {
         store.delete_batch(&job.id).unwrap();
         assert_eq!(store.batches().unwrap(), []);
         store.put_batch(&batch).unwrap();
-        store.prune(1_000, 10).unwrap();
-        assert_eq!(store.batches().unwrap(), [], "pruned with its job");
+        assert_eq!(
+            store.prune(1_000, 10).unwrap(),
+            0,
+            "a job whose batch rolls stays"
+        );
+        store.delete_batch(&job.id).unwrap();
+        assert_eq!(store.prune(1_000, 10).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_store_at_version_3_gains_the_rolling_batches_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.sqlite");
+        {
+            let store = JobStore::open(&path).unwrap();
+            let connection = store.lock();
+            connection
+                .execute_batch("DROP TABLE rolling_batches; PRAGMA user_version = 3;")
+                .unwrap();
+        }
+        let store = JobStore::open(&path).unwrap();
+        let job = job();
+        store.insert_job(&job).unwrap();
+        let batch = RollingBatch {
+            job_id: job.id,
+            size: 2,
+            queue: vec![],
+            in_flight: vec!["web.01".into()],
+            until_ms: 5,
+        };
+        store.put_batch(&batch).unwrap();
+        assert_eq!(store.batches().unwrap(), [batch]);
     }
 
     fn reply(job: &JobRecord, minion: &str, outcome: Outcome) -> Reply {
