@@ -9,6 +9,7 @@ mod tiny_disk;
 use daemons::{Master, Minion, accepted_minion, eventually, next_return};
 use dispatch_common::message::Outcome;
 use serde_json::Value;
+use std::path::Path;
 
 /// A master with web.01, web.02 (group web) and db.01 (group db), all connected.
 async fn cluster() -> (Master, Vec<Minion>) {
@@ -48,6 +49,48 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
     list.iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect()
+}
+
+/// A shell script that notes its start in `runs`, waits until `gate` exists (the test
+/// creates it when the job may finish), then prints `output`.
+fn gated(runs: &Path, gate: &Path, output: &str) -> String {
+    format!(
+        "echo run >> {}; while [ ! -e {} ]; do sleep 0.05; done; printf '{output}'",
+        runs.display(),
+        gate.display()
+    )
+}
+
+/// Stops `minion`, which holds a result it could not send, and checks it kept it.
+async fn stop_keeping_the_result(minion: &mut Minion) {
+    minion.daemon.terminate().await;
+    assert!(
+        minion.daemon.printed("sent at the next start"),
+        "{}",
+        minion.daemon.output()
+    );
+}
+
+/// Starts `minion` again and checks that its kept result of `job` reached the master:
+/// `succeeded` with `stdout`, not `interrupted`.
+async fn restart_and_see_the_kept_result(
+    master: &Master,
+    minion: &mut Minion,
+    job: &str,
+    stdout: &str,
+) {
+    minion.restart().await;
+    minion.daemon.wait_for("sending its kept result").await;
+    let view = master
+        .cli_ok(&["job", job, "--wait", "--timeout", "10s", "--out", "json"])
+        .await;
+    let view: Value = serde_json::from_str(&view).unwrap();
+    let answer = &view["minions"][0];
+    assert_eq!(
+        (answer["status"].as_str(), answer["stdout"].as_str()),
+        (Some("succeeded"), Some(stdout)),
+        "the result, not \"interrupted\": {view}"
+    );
 }
 
 #[tokio::test]
@@ -299,11 +342,7 @@ async fn a_result_that_could_not_be_sent_before_a_stop_is_sent_at_the_next_start
     let mut minion = accepted_minion(&master, "web.01", &[]).await;
     let scratch = master.scratch("kept");
     let (gate, counter) = (scratch.join("gate"), scratch.join("count"));
-    let script = format!(
-        "echo run >> {}; while [ ! -e {} ]; do sleep 0.05; done; echo kept",
-        counter.display(),
-        gate.display()
-    );
+    let script = gated(&counter, &gate, "kept");
     let started = master
         .cli(&["run", "--async", "--shell", "web.01", &script])
         .await;
@@ -319,25 +358,9 @@ async fn a_result_that_could_not_be_sent_before_a_stop_is_sent_at_the_next_start
         .daemon
         .wait_for(&format!("job {job}: finished"))
         .await;
-    minion.daemon.terminate().await;
-    assert!(
-        minion.daemon.printed("sent at the next start"),
-        "{}",
-        minion.daemon.output()
-    );
+    stop_keeping_the_result(&mut minion).await;
     master.restart().await;
-    minion.restart().await;
-    minion.daemon.wait_for("sending its kept result").await;
-    let view = master
-        .cli_ok(&["job", &job, "--wait", "--timeout", "20s", "--out", "json"])
-        .await;
-    let view: Value = serde_json::from_str(&view).unwrap();
-    let web01 = &view["minions"][0];
-    assert_eq!(
-        (web01["status"].as_str(), web01["stdout"].as_str()),
-        (Some("succeeded"), Some("kept\n")),
-        "the result, not \"interrupted\": {view}"
-    );
+    restart_and_see_the_kept_result(&master, &mut minion, &job, "kept").await;
     let kept = minion.data_dir.join("kept-results");
     eventually("the sent result is forgotten", || {
         std::fs::read_dir(&kept).is_ok_and(|mut files| files.next().is_none())
@@ -362,11 +385,9 @@ async fn a_result_held_back_by_the_broker_when_the_minion_stops_is_sent_at_the_n
     })
     .await;
     let mut minion = accepted_minion(&master, "web.01", &[]).await;
-    let gate = master.scratch("held").join("gate");
-    let script = format!(
-        "while [ ! -e {} ]; do sleep 0.05; done; echo held",
-        gate.display()
-    );
+    let scratch = master.scratch("held");
+    let (gate, runs) = (scratch.join("gate"), scratch.join("runs"));
+    let script = gated(&runs, &gate, "held");
     let started = master
         .cli(&["run", "--async", "--shell", "web.01", &script])
         .await;
@@ -380,26 +401,10 @@ async fn a_result_held_back_by_the_broker_when_the_minion_stops_is_sent_at_the_n
     master.daemon.wait_for("disk alarm:").await;
     std::fs::write(&gate, b"").unwrap();
     minion.daemon.wait_for("holds back").await;
-    minion.daemon.terminate().await;
-    assert!(
-        minion.daemon.printed("sent at the next start"),
-        "{}",
-        minion.daemon.output()
-    );
+    stop_keeping_the_result(&mut minion).await;
     std::fs::remove_file(&ballast).unwrap();
     master.daemon.wait_for("disk alarm cleared").await;
-    minion.restart().await;
-    minion.daemon.wait_for("sending its kept result").await;
-    let view = master
-        .cli_ok(&["job", &job, "--wait", "--timeout", "20s", "--out", "json"])
-        .await;
-    let view: Value = serde_json::from_str(&view).unwrap();
-    let web01 = &view["minions"][0];
-    assert_eq!(
-        (web01["status"].as_str(), web01["stdout"].as_str()),
-        (Some("succeeded"), Some("held\n")),
-        "the result, not \"interrupted\": {view}"
-    );
+    restart_and_see_the_kept_result(&master, &mut minion, &job, "held").await;
 }
 
 #[tokio::test]
@@ -464,11 +469,7 @@ async fn a_rolling_batch_goes_on_after_a_master_restart() {
     let (mut master, minions) = cluster().await;
     let scratch = master.scratch("rolling");
     let (gate, runs) = (scratch.join("gate"), scratch.join("runs"));
-    let script = format!(
-        "echo run >> {}; while [ ! -e {} ]; do sleep 0.05; done",
-        runs.display(),
-        gate.display()
-    );
+    let script = gated(&runs, &gate, "");
     let started = master
         .cli(&["run", "--async", "--batch", "1", "--shell", "*", &script])
         .await;
