@@ -9,7 +9,7 @@ mod tiny_disk;
 use daemons::{Master, Minion, accepted_minion, eventually, next_return};
 use dispatch_common::message::Outcome;
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A master with web.01, web.02 (group web) and db.01 (group db), all connected.
 async fn cluster() -> (Master, Vec<Minion>) {
@@ -59,6 +59,27 @@ fn gated(runs: &Path, gate: &Path, output: &str) -> String {
         runs.display(),
         gate.display()
     )
+}
+
+/// A gated job (see [`gated`]) started on `minion` and running: its id, its gate and
+/// the file that counts its runs.
+struct GatedJob {
+    id: String,
+    gate: PathBuf,
+    runs: PathBuf,
+}
+
+async fn start_gated(master: &Master, minion: &Minion, output: &str) -> GatedJob {
+    let scratch = master.scratch("gated");
+    let (gate, runs) = (scratch.join("gate"), scratch.join("runs"));
+    let script = gated(&runs, &gate, output);
+    let started = master
+        .cli(&["run", "--async", "--shell", &minion.id, &script])
+        .await;
+    assert_eq!(started.code, 0, "{started:?}");
+    let id = started.stdout.trim().to_owned();
+    minion.daemon.wait_for(&format!("job {id}: running")).await;
+    GatedJob { id, gate, runs }
 }
 
 /// Stops `minion`, which holds a result it could not send, and checks it kept it.
@@ -340,34 +361,26 @@ async fn a_minion_killed_mid_job_reports_it_interrupted_and_never_runs_it_again(
 async fn a_result_that_could_not_be_sent_before_a_stop_is_sent_at_the_next_start() {
     let mut master = Master::start(&[]).await;
     let mut minion = accepted_minion(&master, "web.01", &[]).await;
-    let scratch = master.scratch("kept");
-    let (gate, counter) = (scratch.join("gate"), scratch.join("count"));
-    let script = gated(&counter, &gate, "kept");
-    let started = master
-        .cli(&["run", "--async", "--shell", "web.01", &script])
-        .await;
-    assert_eq!(started.code, 0, "{started:?}");
-    let job = started.stdout.trim().to_owned();
-    minion.daemon.wait_for(&format!("job {job}: running")).await;
+    let job = start_gated(&master, &minion, "kept").await;
     // The master and its broker go away; the job finishes meanwhile, and the minion is
     // stopped before it could send the result.
     let down = master.daemon.terminate().await;
     assert!(down.success(), "{down}\n{}", master.daemon.output());
-    std::fs::write(&gate, b"").unwrap();
+    std::fs::write(&job.gate, b"").unwrap();
     minion
         .daemon
-        .wait_for(&format!("job {job}: finished"))
+        .wait_for(&format!("job {}: finished", job.id))
         .await;
     stop_keeping_the_result(&mut minion).await;
     master.restart().await;
-    restart_and_see_the_kept_result(&master, &mut minion, &job, "kept").await;
+    restart_and_see_the_kept_result(&master, &mut minion, &job.id, "kept").await;
     let kept = minion.data_dir.join("kept-results");
     eventually("the sent result is forgotten", || {
         std::fs::read_dir(&kept).is_ok_and(|mut files| files.next().is_none())
     })
     .await;
     assert_eq!(
-        std::fs::read_to_string(&counter).unwrap(),
+        std::fs::read_to_string(&job.runs).unwrap(),
         "run\n",
         "ran once"
     );
@@ -385,26 +398,18 @@ async fn a_result_held_back_by_the_broker_when_the_minion_stops_is_sent_at_the_n
     })
     .await;
     let mut minion = accepted_minion(&master, "web.01", &[]).await;
-    let scratch = master.scratch("held");
-    let (gate, runs) = (scratch.join("gate"), scratch.join("runs"));
-    let script = gated(&runs, &gate, "held");
-    let started = master
-        .cli(&["run", "--async", "--shell", "web.01", &script])
-        .await;
-    assert_eq!(started.code, 0, "{started:?}");
-    let job = started.stdout.trim().to_owned();
-    minion.daemon.wait_for(&format!("job {job}: running")).await;
+    let job = start_gated(&master, &minion, "held").await;
     // Fill the master's disk past the limit: the broker holds back every publisher, so
     // the result the job is about to send waits, and the minion is stopped meanwhile.
     let ballast = master.data_dir().join("ballast");
     std::fs::write(&ballast, vec![0u8; 24 << 20]).expect("write the ballast file");
     master.daemon.wait_for("disk alarm:").await;
-    std::fs::write(&gate, b"").unwrap();
+    std::fs::write(&job.gate, b"").unwrap();
     minion.daemon.wait_for("holds back").await;
     stop_keeping_the_result(&mut minion).await;
     std::fs::remove_file(&ballast).unwrap();
     master.daemon.wait_for("disk alarm cleared").await;
-    restart_and_see_the_kept_result(&master, &mut minion, &job, "held").await;
+    restart_and_see_the_kept_result(&master, &mut minion, &job.id, "held").await;
 }
 
 #[tokio::test]
