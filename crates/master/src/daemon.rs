@@ -21,7 +21,7 @@ use crate::rpc::{Responder, RpcServer};
 use crate::schedule::SystemClock;
 use crate::scheduler::Scheduler;
 use crate::store::JobStore;
-use crate::tasks::Tasks;
+use crate::tasks::{STEP_GRACE, Tasks};
 use crate::{key_requests, results, topology};
 use anyhow::Context;
 use dispatch_broker::{Broker, BrokerConfig, User};
@@ -273,6 +273,7 @@ async fn serve(
         accepted.clone(),
         loops.clone(),
     ));
+    let steps = history.tasks.clone();
     tasks.spawn(prune_loop(history, *keep_jobs, loops.clone()));
     let requests = consume(&connection, KEY_REQUESTS_QUEUE).await?;
     let (requests_channel, requests_registry) = (requests.0.clone(), registry.clone());
@@ -322,6 +323,12 @@ async fn serve(
         );
     }
     tracing::info!("shutting down");
+    if !steps.finish_steps(STEP_GRACE).await {
+        tracing::warn!(
+            "jobs still being started after {}; closing anyway",
+            humantime::format_duration(STEP_GRACE)
+        );
+    }
     dispatch_common::client::close(&connection, "master shutting down").await;
     Ok(())
 }

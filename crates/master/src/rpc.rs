@@ -153,7 +153,7 @@ impl RpcServer {
                         self.jobs
                             .history
                             .tasks
-                            .spawn(async move { jobs.submit(&operator, spec, caller).await });
+                            .spawn_step(async move { jobs.submit(&operator, spec, caller).await });
                     }
                     RequestBody::AddSchedule(_)
                     | RequestBody::Schedules { .. }
@@ -166,7 +166,7 @@ impl RpcServer {
                         self.jobs
                             .history
                             .tasks
-                            .spawn(async move { scheduler.answer(request, &caller).await });
+                            .spawn_step(async move { scheduler.answer(request, &caller).await });
                     }
                     RequestBody::Jobs(query) => {
                         let (history, responder) =

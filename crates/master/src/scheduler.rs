@@ -143,14 +143,17 @@ impl Scheduler {
         }
     }
 
-    /// Starts the schedule's job after `delay`.
+    /// Starts the schedule's job after `delay`, as a step a stop does not cut in half.
     fn fire_later(self: &Arc<Self>, name: String, delay: Duration) {
         self.splaying().insert(name.clone());
         let scheduler = self.clone();
         self.history.tasks.spawn(async move {
             tokio::time::sleep(delay).await;
-            let _ = scheduler.fire(&name).await;
-            scheduler.splaying().remove(&name);
+            let tasks = scheduler.history.tasks.clone();
+            tasks.spawn_step(async move {
+                let _ = scheduler.fire(&name).await;
+                scheduler.splaying().remove(&name);
+            });
         });
     }
 
