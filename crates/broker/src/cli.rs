@@ -119,7 +119,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     // One thread serves every connection (the store has its own): on a few cores shared
     // with clients, handing work between runtime threads costs more CPU per message than
     // it gains (measured with dispatch-bench; see docs/BENCHMARKS.md). Under sustained
-    // load it pauses briefly before parking, so wake-ups carry several messages each.
+    // load it pauses briefly before parking, so wake-ups carry several messages each;
+    // after a request or a reply it spins briefly instead (crate::spin).
+    crate::spin::enable();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .on_thread_park(crate::coalesce::before_park)

@@ -174,6 +174,9 @@ thread_local! {
     /// Time spent parked before the current wake-up.
     static WAITED: Cell<Duration> = const { Cell::new(Duration::ZERO) };
     static COALESCER: RefCell<Coalescer> = RefCell::new(Coalescer::default());
+    static SPIN: RefCell<crate::spin::SpinPolicy> = RefCell::new(crate::spin::SpinPolicy::default());
+    /// Whether the thread spun before its last park ([`crate::spin`]).
+    static SPUN: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Counts frames handled on this thread (by a connection's read loop).
@@ -181,21 +184,31 @@ pub fn note_frames(frames: u32) {
     FRAMES.with(|f| f.set(f.get().saturating_add(frames)));
 }
 
-/// The runtime's `on_thread_park` hook: pauses when the load calls for it.
+/// The runtime's `on_thread_park` hook: pauses when the load calls for it, and spins
+/// after a conversation's wake-up ([`crate::spin`]).
 pub fn before_park() {
     let wake = WakeUp {
         waited: WAITED.with(Cell::get),
         frames: FRAMES.with(|f| f.replace(0)),
     };
-    if publishers_wait_on_disk() {
-        // Neither a pause nor a lesson for the coalescer.
-        PARKED_AT.with(|p| p.set(Some(Instant::now())));
-        return;
-    }
-    if let Some(pause) = COALESCER.with(|c| c.borrow_mut().on_park(wake)) {
+    // Publishers waiting on the disk get neither a pause nor a lesson for the coalescer.
+    let pause = if publishers_wait_on_disk() {
+        None
+    } else {
+        COALESCER.with(|c| c.borrow_mut().on_park(wake))
+    };
+    if let Some(pause) = pause {
         std::thread::sleep(pause);
     }
+    // A spin is part of the wait for work, a pause is not.
     PARKED_AT.with(|p| p.set(Some(Instant::now())));
+    if pause.is_none() && SPIN.with(|s| s.borrow_mut().should_spin(wake.frames, wake.waited)) {
+        let found = crate::spin::until_input();
+        if let Some(found) = found {
+            SPIN.with(|s| s.borrow_mut().spun(found));
+        }
+        SPUN.with(|s| s.set(found.is_some()));
+    }
 }
 
 /// The runtime's `on_thread_unpark` hook.
@@ -204,6 +217,9 @@ pub fn after_unpark() {
         .with(Cell::take)
         .map_or(Duration::ZERO, |at| at.elapsed());
     WAITED.with(|w| w.set(waited));
+    if SPUN.with(Cell::take) {
+        crate::spin::forget_input();
+    }
 }
 
 #[cfg(test)]

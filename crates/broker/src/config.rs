@@ -55,6 +55,19 @@ pub const COALESCE_MAX_BACKOFF: u32 = 8192;
 /// throughput than they save CPU (measured with dispatch-bench persistent-confirms).
 pub const COALESCE_DISK_QUIET: Duration = Duration::from_millis(10);
 
+/// Longest `dispatch-broker`'s runtime thread polls for client input before parking
+/// after a conversation's wake-up (see [`crate::spin`]): about one client hop of a
+/// request/reply exchange on the machine of docs/BENCHMARKS.md.
+pub const SPIN_LIMIT: Duration = Duration::from_micros(100);
+/// Most frames a wake-up may have handled and still be a conversation's: a request or a
+/// reply (method, header, body) with an ack or two.
+pub const SPIN_MAX_FRAMES: u32 = 8;
+/// Shortest wait before a wake-up that makes it a conversation's: input that came
+/// sooner is a stream, whose next message comes before a spin would pay.
+pub const SPIN_MIN_WAIT: Duration = Duration::from_micros(20);
+/// Most conversation wake-ups that skip spinning after spins that found no input.
+pub const SPIN_MAX_BACKOFF: u32 = 64;
+
 /// Publisher confirms of one channel remembered as completed ahead of an earlier one
 /// still waiting (for the disk); beyond it, that channel's acks are no longer merged
 /// into `multiple` acks (see [`crate::confirm`]).

@@ -6,7 +6,8 @@
 //! - [`server`]: accept loop and shutdown;
 //! - [`connection`]: handshake (with PLAIN, AMQPLAIN or `DISPATCH-ED25519` logins),
 //!   reading frames, writing through the [`outbox`]; [`coalesce`] lets wake-ups gather
-//!   several messages under sustained load;
+//!   several messages under sustained load, and [`spin`] spares conversations a deep
+//!   sleep between their messages;
 //! - [`identity`]: the [`KeyAuthority`] that admits key logins and the [`Permissions`]
 //!   a connection gets; [`permission`] checks them in every channel handler;
 //! - [`sessions`]: open connections by user, so [`Broker::close_connections_of`] can
@@ -48,6 +49,7 @@ mod persistence;
 pub mod queue;
 pub mod server;
 pub mod sessions;
+pub mod spin;
 pub mod store;
 pub mod vhost;
 

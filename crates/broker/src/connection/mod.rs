@@ -101,6 +101,7 @@ pub async fn serve(
         }
     };
     tracing::debug!(%peer, conn = id, user = %tuning.user, "connection open");
+    crate::spin::watch(&stream);
     let (reader, writer) = stream.into_split();
     let outbox = Arc::new(Outbox::new(writer, OUTBOX_HIGH_WATER));
     let heartbeat =
