@@ -202,7 +202,12 @@ pub fn before_park() {
     }
     // A spin is part of the wait for work, a pause is not.
     PARKED_AT.with(|p| p.set(Some(Instant::now())));
-    if pause.is_none() && SPIN.with(|s| s.borrow_mut().should_spin(wake.frames, wake.waited)) {
+    let spin = pause.is_none()
+        && SPIN.with(|s| {
+            s.borrow_mut()
+                .should_spin(wake.frames, wake.waited, crate::spin::store_busy())
+        });
+    if spin {
         let found = crate::spin::until_input();
         if let Some(found) = found {
             SPIN.with(|s| s.borrow_mut().spun(found));

@@ -67,6 +67,10 @@ pub const SPIN_MAX_FRAMES: u32 = 8;
 pub const SPIN_MIN_WAIT: Duration = Duration::from_micros(20);
 /// Most conversation wake-ups that skip spinning after spins that found no input.
 pub const SPIN_MAX_BACKOFF: u32 = 64;
+/// No spinning while the store has committed something this recently: answers then
+/// wait on the disk, and a spin takes CPU from the store's thread (measured with
+/// dispatch-bench durable-declares).
+pub const SPIN_STORE_QUIET: Duration = Duration::from_millis(10);
 
 /// Publisher confirms of one channel remembered as completed ahead of an earlier one
 /// still waiting (for the disk); beyond it, that channel's acks are no longer merged

@@ -10,10 +10,12 @@
 //! [`SpinPolicy`] decides which wake-ups are a conversation's: a few frames (a request, a
 //! reply, an ack), after a wait of at least [`SPIN_MIN_WAIT`] (the other side took its
 //! time, so a sleep was coming). A stream of messages (many frames, or short waits), a
-//! wake-up without frames (a timer, the store) and an idle broker never spin. A spin that
-//! found no input makes the next conversations skip spinning, twice as many after each
-//! such spin up to [`SPIN_MAX_BACKOFF`], so traffic that pauses longer than the limit
-//! does not keep a core busy.
+//! wake-up without frames (a timer, the store) and an idle broker never spin. Neither
+//! does the thread while the store works ([`store_worked`] within [`SPIN_STORE_QUIET`]):
+//! its answers then wait on the disk and the store's own thread, which a spin would only
+//! take CPU from. A spin that found no input makes the next conversations skip spinning,
+//! twice as many after each such spin up to [`SPIN_MAX_BACKOFF`], so traffic that pauses
+//! longer than the limit does not keep a core busy.
 //!
 //! The poll is a second epoll set ([`Readiness`]) holding every client socket,
 //! edge-triggered: it reports input that arrived since it was last asked, whatever the
@@ -26,17 +28,39 @@
 //! [`SPIN_LIMIT`]: crate::config::SPIN_LIMIT
 //! [`SPIN_MIN_WAIT`]: crate::config::SPIN_MIN_WAIT
 //! [`SPIN_MAX_BACKOFF`]: crate::config::SPIN_MAX_BACKOFF
+//! [`SPIN_STORE_QUIET`]: crate::config::SPIN_STORE_QUIET
 
-use crate::config::{SPIN_LIMIT, SPIN_MAX_BACKOFF, SPIN_MAX_FRAMES, SPIN_MIN_WAIT};
+use crate::config::{
+    SPIN_LIMIT, SPIN_MAX_BACKOFF, SPIN_MAX_FRAMES, SPIN_MIN_WAIT, SPIN_STORE_QUIET,
+};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use std::os::fd::AsFd;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Every client socket, edge-triggered on input.
 struct Readiness(Epoll);
 
 static READINESS: OnceLock<Readiness> = OnceLock::new();
+
+/// The clock of [`STORE_WORKED_AT`].
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+/// When the store last wrote or synced something, in µs since [`EPOCH`] (0: never).
+static STORE_WORKED_AT: AtomicU64 = AtomicU64::new(0);
+
+/// Called by the store's log thread whenever it commits something.
+pub fn store_worked() {
+    let now = u64::try_from(EPOCH.elapsed().as_micros()).unwrap_or(u64::MAX);
+    STORE_WORKED_AT.store(now.max(1), Ordering::Relaxed);
+}
+
+/// Whether the store has worked within [`SPIN_STORE_QUIET`].
+pub fn store_busy() -> bool {
+    let at = STORE_WORKED_AT.load(Ordering::Relaxed);
+    let now = u64::try_from(EPOCH.elapsed().as_micros()).unwrap_or(u64::MAX);
+    at != 0 && now.saturating_sub(at) < SPIN_STORE_QUIET.as_micros() as u64
+}
 
 /// Turns spinning on for this process (the runtime must call [`crate::coalesce`]'s park
 /// hooks). Without it, or if the epoll set cannot be made, nothing spins.
@@ -79,9 +103,9 @@ impl Default for SpinPolicy {
 
 impl SpinPolicy {
     /// Whether to spin after a wake-up that handled `frames` frames after waiting
-    /// `waited` for them.
-    pub fn should_spin(&mut self, frames: u32, waited: Duration) -> bool {
-        if !(1..=SPIN_MAX_FRAMES).contains(&frames) || waited < SPIN_MIN_WAIT {
+    /// `waited` for them, `store_busy` saying whether the store works ([`store_busy`]).
+    pub fn should_spin(&mut self, frames: u32, waited: Duration, store_busy: bool) -> bool {
+        if !(1..=SPIN_MAX_FRAMES).contains(&frames) || waited < SPIN_MIN_WAIT || store_busy {
             return false;
         }
         if self.skip > 0 {
@@ -134,15 +158,29 @@ mod tests {
     #[test]
     fn only_a_conversation_spins() {
         let mut policy = SpinPolicy::default();
-        assert!(!policy.should_spin(0, LONG), "a timer or the store");
-        assert!(!policy.should_spin(SPIN_MAX_FRAMES + 1, LONG), "a burst");
+        assert!(!policy.should_spin(0, LONG, false), "a timer or the store");
+        assert!(
+            !policy.should_spin(SPIN_MAX_FRAMES + 1, LONG, false),
+            "a burst"
+        );
         let short = SPIN_MIN_WAIT - Duration::from_micros(1);
         assert!(
-            !policy.should_spin(3, short),
+            !policy.should_spin(3, short, false),
             "a stream: input came at once"
         );
-        assert!(policy.should_spin(3, LONG), "one publish after a wait");
-        assert!(policy.should_spin(SPIN_MAX_FRAMES, LONG));
+        assert!(
+            policy.should_spin(3, LONG, false),
+            "one publish after a wait"
+        );
+        assert!(policy.should_spin(SPIN_MAX_FRAMES, LONG, false));
+    }
+
+    #[test]
+    fn nothing_spins_while_the_store_works() {
+        let mut policy = SpinPolicy::default();
+        assert!(!policy.should_spin(3, LONG, true));
+        store_worked();
+        assert!(store_busy());
     }
 
     #[test]
@@ -150,7 +188,7 @@ mod tests {
         let mut policy = SpinPolicy::default();
         let skipped = |policy: &mut SpinPolicy| {
             (0..2 * SPIN_MAX_BACKOFF)
-                .take_while(|_| !policy.should_spin(3, LONG))
+                .take_while(|_| !policy.should_spin(3, LONG, false))
                 .count()
         };
         policy.spun(false);

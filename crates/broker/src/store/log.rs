@@ -198,6 +198,7 @@ impl Log {
         }
         if *topology_synced.borrow() < self.topology_seq {
             topology_synced.send_replace(self.topology_seq);
+            crate::spin::store_worked();
         }
         result.is_ok()
     }
@@ -208,6 +209,7 @@ impl Log {
         if self.buf.is_empty() && self.waiting.is_empty() {
             return;
         }
+        crate::spin::store_worked();
         // Copies must be on disk before their old segment may go.
         let sync = !self.waiting.is_empty() || !self.relocations.is_empty();
         let result = match self.file.write_all(&self.buf) {
