@@ -47,6 +47,11 @@ pub struct Args {
     /// Largest frame proposed to clients, in bytes (at least 4096).
     #[arg(long, default_value_t = DEFAULT_FRAME_MAX, value_parser = clap::value_parser!(u32).range(4096..))]
     pub frame_max: u32,
+    /// Longest the broker polls for input before it sleeps after a request or a reply,
+    /// e.g. 100us: lower latency for request/reply traffic on machines whose idle CPUs
+    /// wake slowly, at the cost of CPU (0 turns it off).
+    #[arg(long, default_value = crate::config::DEFAULT_SPIN_LIMIT, value_parser = humantime::parse_duration)]
+    pub spin: std::time::Duration,
 }
 
 /// Parses a `NAME:PASSWORD` user (full permissions, accepted from anywhere).
@@ -121,7 +126,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     // it gains (measured with dispatch-bench; see docs/BENCHMARKS.md). Under sustained
     // load it pauses briefly before parking, so wake-ups carry several messages each;
     // after a request or a reply it spins briefly instead (crate::spin).
-    crate::spin::enable();
+    crate::spin::enable(args.spin);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .on_thread_park(crate::coalesce::before_park)

@@ -175,8 +175,6 @@ thread_local! {
     static WAITED: Cell<Duration> = const { Cell::new(Duration::ZERO) };
     static COALESCER: RefCell<Coalescer> = RefCell::new(Coalescer::default());
     static SPIN: RefCell<crate::spin::SpinPolicy> = RefCell::new(crate::spin::SpinPolicy::default());
-    /// Whether the thread spun before its last park ([`crate::spin`]).
-    static SPUN: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Counts frames handled on this thread (by a connection's read loop).
@@ -207,12 +205,8 @@ pub fn before_park() {
             s.borrow_mut()
                 .should_spin(wake.frames, wake.waited, crate::spin::store_busy())
         });
-    if spin {
-        let found = crate::spin::until_input();
-        if let Some(found) = found {
-            SPIN.with(|s| s.borrow_mut().spun(found));
-        }
-        SPUN.with(|s| s.set(found.is_some()));
+    if spin && let Some(found) = crate::spin::until_input() {
+        SPIN.with(|s| s.borrow_mut().spun(found));
     }
 }
 
@@ -222,9 +216,6 @@ pub fn after_unpark() {
         .with(Cell::take)
         .map_or(Duration::ZERO, |at| at.elapsed());
     WAITED.with(|w| w.set(waited));
-    if SPUN.with(Cell::take) {
-        crate::spin::forget_input();
-    }
 }
 
 #[cfg(test)]

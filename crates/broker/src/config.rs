@@ -55,10 +55,11 @@ pub const COALESCE_MAX_BACKOFF: u32 = 8192;
 /// throughput than they save CPU (measured with dispatch-bench persistent-confirms).
 pub const COALESCE_DISK_QUIET: Duration = Duration::from_millis(10);
 
-/// Longest `dispatch-broker`'s runtime thread polls for client input before parking
-/// after a conversation's wake-up (see [`crate::spin`]): about one client hop of a
-/// request/reply exchange on the machine of docs/BENCHMARKS.md.
-pub const SPIN_LIMIT: Duration = Duration::from_micros(100);
+/// `--spin` when not given: the longest `dispatch-broker`'s runtime thread polls for
+/// client input before parking after a conversation's wake-up (see [`crate::spin`]),
+/// about one client hop of a request/reply exchange on the machine of
+/// docs/BENCHMARKS.md.
+pub const DEFAULT_SPIN_LIMIT: &str = "100us";
 /// Most frames a wake-up may have handled and still be a conversation's: a request or a
 /// reply (method, header, body) with an ack or two.
 pub const SPIN_MAX_FRAMES: u32 = 8;

@@ -4,8 +4,11 @@
 //! about 26 µs on the one `docs/BENCHMARKS.md` was measured on), a request/reply exchange
 //! pays that wake-up at every hop through the broker. So after a conversation's wake-up
 //! of `dispatch-broker`'s runtime thread, the thread does not park at once: it polls, for
-//! up to [`SPIN_LIMIT`], whether any client socket has new input, and parks as soon as
-//! one does (the runtime then finds it ready without sleeping) or when the time is up.
+//! up to `--spin` ([`DEFAULT_SPIN_LIMIT`]), whether any client socket has input, and parks
+//! as soon as one does (the runtime then finds it ready without sleeping) or when the
+//! time is up. The cost is CPU: about as much per round trip as RabbitMQ's busy-waiting
+//! schedulers spend, and a paced stream whose messages come every 20–100 µs keeps the
+//! thread spinning between them. `--spin 0` turns it off.
 //!
 //! [`SpinPolicy`] decides which wake-ups are a conversation's: a few frames (a request, a
 //! reply, an ack), after a wait of at least [`SPIN_MIN_WAIT`] (the other side took its
@@ -18,31 +21,37 @@
 //! longer than the limit does not keep a core busy.
 //!
 //! The poll is a second epoll set ([`Readiness`]) holding every client socket,
-//! edge-triggered: it reports input that arrived since it was last asked, whatever the
-//! runtime's own epoll has seen. Input from before the wake-up is forgotten when the
-//! thread wakes ([`forget_input`]), so a spin stops only for input that is new.
+//! edge-triggered, beside the runtime's own (each set reports every event, so taking one
+//! from this set takes nothing from the runtime). An event may be old, for input the
+//! runtime has read already; a spin stops only for a socket that has unread input or was
+//! closed by its peer, peeked at with `recv(MSG_PEEK)`.
 //!
 //! Only `dispatch-broker`'s own runtime spins ([`crate::cli`] calls [`enable`]); a broker
 //! embedded in another runtime (the master's) never does.
 //!
-//! [`SPIN_LIMIT`]: crate::config::SPIN_LIMIT
+//! [`DEFAULT_SPIN_LIMIT`]: crate::config::DEFAULT_SPIN_LIMIT
 //! [`SPIN_MIN_WAIT`]: crate::config::SPIN_MIN_WAIT
 //! [`SPIN_MAX_BACKOFF`]: crate::config::SPIN_MAX_BACKOFF
 //! [`SPIN_STORE_QUIET`]: crate::config::SPIN_STORE_QUIET
 
-use crate::config::{
-    SPIN_LIMIT, SPIN_MAX_BACKOFF, SPIN_MAX_FRAMES, SPIN_MIN_WAIT, SPIN_STORE_QUIET,
-};
+use crate::config::{SPIN_MAX_BACKOFF, SPIN_MAX_FRAMES, SPIN_MIN_WAIT, SPIN_STORE_QUIET};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use std::os::fd::AsFd;
+use nix::sys::socket::{MsgFlags, recv};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Every client socket, edge-triggered on input.
-struct Readiness(Epoll);
+/// Every client socket, edge-triggered on input; `limit` is the longest spin.
+pub struct Readiness {
+    epoll: Epoll,
+    limit: Duration,
+}
 
 static READINESS: OnceLock<Readiness> = OnceLock::new();
+
+/// The events one poll reads at most.
+const EVENTS_PER_POLL: usize = 16;
 
 /// The clock of [`STORE_WORKED_AT`].
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
@@ -62,25 +71,79 @@ pub fn store_busy() -> bool {
     at != 0 && now.saturating_sub(at) < SPIN_STORE_QUIET.as_micros() as u64
 }
 
-/// Turns spinning on for this process (the runtime must call [`crate::coalesce`]'s park
-/// hooks). Without it, or if the epoll set cannot be made, nothing spins.
-pub fn enable() {
-    match Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC) {
-        Ok(epoll) => {
-            let _ = READINESS.set(Readiness(epoll));
+/// Turns spinning of up to `limit` on for this process (the runtime must call
+/// [`crate::coalesce`]'s park hooks). Without it, with a zero limit, or if the epoll set
+/// cannot be made, nothing spins.
+pub fn enable(limit: Duration) {
+    if limit.is_zero() {
+        return;
+    }
+    match Readiness::new(limit) {
+        Ok(readiness) => {
+            let _ = READINESS.set(readiness);
         }
         Err(e) => tracing::warn!("no spinning before parks: {e}"),
     }
 }
 
 /// Adds a client socket to the set a spin polls; it leaves the set when it is closed.
-pub fn watch(socket: &impl AsFd) {
-    if let Some(Readiness(epoll)) = READINESS.get() {
-        let interest = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, 0);
-        if let Err(e) = epoll.add(socket.as_fd(), interest) {
+pub fn watch(socket: &(impl AsFd + AsRawFd)) {
+    if let Some(readiness) = READINESS.get() {
+        readiness.watch(socket);
+    }
+}
+
+impl Readiness {
+    pub fn new(limit: Duration) -> nix::Result<Self> {
+        Ok(Self {
+            epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
+            limit,
+        })
+    }
+
+    /// Adds `socket`; the file leaves the set when it is closed.
+    pub fn watch(&self, socket: &(impl AsFd + AsRawFd)) {
+        let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLET;
+        let data = u64::try_from(socket.as_raw_fd()).unwrap_or(u64::MAX);
+        if let Err(e) = self
+            .epoll
+            .add(socket.as_fd(), EpollEvent::new(interest, data))
+        {
             tracing::debug!("a connection is not watched for spinning: {e}");
         }
     }
+
+    /// Polls for unread input for at most the limit; whether some showed.
+    pub fn until_input(&self) -> bool {
+        let start = Instant::now();
+        let mut events = [EpollEvent::empty(); EVENTS_PER_POLL];
+        while start.elapsed() < self.limit {
+            let ready = self
+                .epoll
+                .wait(&mut events, EpollTimeout::ZERO)
+                .unwrap_or(0);
+            if events[..ready].iter().any(has_input) {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        false
+    }
+}
+
+/// Whether the socket of `event` has unread input or was closed by its peer; an event
+/// for input the runtime has read already is not.
+fn has_input(event: &EpollEvent) -> bool {
+    let closed = EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
+    if event.events().intersects(closed) {
+        return true;
+    }
+    let Ok(fd) = RawFd::try_from(event.data()) else {
+        return false;
+    };
+    let mut byte = [0u8; 1];
+    // The socket is open: a closed file leaves the set, and its events with it.
+    recv(fd, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT).is_ok()
 }
 
 /// Which wake-ups spin before the park; see the module doc.
@@ -126,27 +189,10 @@ impl SpinPolicy {
     }
 }
 
-/// Polls for new client input for at most [`SPIN_LIMIT`]: whether some came, or `None`
-/// when spinning is off.
+/// Polls for client input (see [`Readiness::until_input`]): whether some showed, or
+/// `None` when spinning is off.
 pub fn until_input() -> Option<bool> {
-    let Readiness(epoll) = READINESS.get()?;
-    let start = Instant::now();
-    let mut events = [EpollEvent::empty(); 1];
-    while start.elapsed() < SPIN_LIMIT {
-        if epoll.wait(&mut events, EpollTimeout::ZERO).unwrap_or(0) > 0 {
-            return Some(true);
-        }
-        std::hint::spin_loop();
-    }
-    Some(false)
-}
-
-/// Forgets the input reported so far: the woken runtime handles it anyway.
-pub fn forget_input() {
-    if let Some(Readiness(epoll)) = READINESS.get() {
-        let mut events = [EpollEvent::empty(); 64];
-        while epoll.wait(&mut events, EpollTimeout::ZERO).unwrap_or(0) == events.len() {}
-    }
+    READINESS.get().map(Readiness::until_input)
 }
 
 #[cfg(test)]
@@ -176,11 +222,52 @@ mod tests {
     }
 
     #[test]
+    fn a_spin_stops_for_unread_input_and_a_closed_peer_but_not_for_input_already_read() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let readiness = Readiness::new(Duration::from_millis(20)).unwrap();
+        readiness.watch(&server);
+        assert!(!readiness.until_input(), "nothing sent yet");
+        client.write_all(b"x").unwrap();
+        // Unread input stops the spin (waiting for it to arrive, bounded by the limit).
+        let mut stopped = false;
+        for _ in 0..100 {
+            if readiness.until_input() {
+                stopped = true;
+                break;
+            }
+        }
+        assert!(stopped, "unread input");
+        // The runtime reads it; the event left behind is an old one.
+        client.write_all(b"y").unwrap();
+        let mut buf = [0u8; 8];
+        let mut read = 0;
+        while read < 2 {
+            match server.read(&mut buf[read..]) {
+                Ok(n) => read += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(!readiness.until_input(), "input already read");
+        drop(client);
+        let mut stopped = false;
+        for _ in 0..100 {
+            if readiness.until_input() {
+                stopped = true;
+                break;
+            }
+        }
+        assert!(stopped, "the peer closed");
+    }
+
+    #[test]
     fn nothing_spins_while_the_store_works() {
         let mut policy = SpinPolicy::default();
         assert!(!policy.should_spin(3, LONG, true));
-        store_worked();
-        assert!(store_busy());
     }
 
     #[test]

@@ -198,18 +198,20 @@ impl Log {
         }
         if *topology_synced.borrow() < self.topology_seq {
             topology_synced.send_replace(self.topology_seq);
-            crate::spin::store_worked();
         }
         result.is_ok()
     }
 
     /// Writes the batch, syncs if a confirm waits on it, completes the confirms.
     fn commit(&mut self, topology_synced: &watch::Sender<u64>) {
+        if self.topology_seq > *topology_synced.borrow() || !self.buf.is_empty() {
+            // Before any I/O: the runtime this commit will wake must not spin meanwhile.
+            crate::spin::store_worked();
+        }
         let metadata_ok = self.commit_metadata(topology_synced);
         if self.buf.is_empty() && self.waiting.is_empty() {
             return;
         }
-        crate::spin::store_worked();
         // Copies must be on disk before their old segment may go.
         let sync = !self.waiting.is_empty() || !self.relocations.is_empty();
         let result = match self.file.write_all(&self.buf) {
