@@ -50,12 +50,13 @@ use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// The clock of [`CONFIRMED_AT`].
+/// The clock of [`micros_since_epoch`].
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 /// When the store last completed publisher confirms, in µs since [`EPOCH`] (0: never).
 static CONFIRMED_AT: AtomicU64 = AtomicU64::new(0);
 
-fn micros_since_epoch() -> u64 {
+/// Microseconds since the first call in this process (at least 1, so 0 can mean never).
+pub(crate) fn micros_since_epoch() -> u64 {
     u64::try_from(EPOCH.elapsed().as_micros())
         .unwrap_or(u64::MAX)
         .max(1)

@@ -34,12 +34,13 @@
 //! [`SPIN_MAX_BACKOFF`]: crate::config::SPIN_MAX_BACKOFF
 //! [`SPIN_STORE_QUIET`]: crate::config::SPIN_STORE_QUIET
 
+use crate::coalesce::micros_since_epoch;
 use crate::config::{SPIN_MAX_BACKOFF, SPIN_MAX_FRAMES, SPIN_MIN_WAIT, SPIN_STORE_QUIET};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{MsgFlags, recv};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{LazyLock, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Every client socket, edge-triggered on input; `limit` is the longest spin.
@@ -53,22 +54,19 @@ static READINESS: OnceLock<Readiness> = OnceLock::new();
 /// The events one poll reads at most.
 const EVENTS_PER_POLL: usize = 16;
 
-/// The clock of [`STORE_WORKED_AT`].
-static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
-/// When the store last wrote or synced something, in µs since [`EPOCH`] (0: never).
+/// When the store last committed something, in µs on [`micros_since_epoch`]'s clock
+/// (0: never).
 static STORE_WORKED_AT: AtomicU64 = AtomicU64::new(0);
 
 /// Called by the store's log thread whenever it commits something.
 pub fn store_worked() {
-    let now = u64::try_from(EPOCH.elapsed().as_micros()).unwrap_or(u64::MAX);
-    STORE_WORKED_AT.store(now.max(1), Ordering::Relaxed);
+    STORE_WORKED_AT.store(micros_since_epoch(), Ordering::Relaxed);
 }
 
 /// Whether the store has worked within [`SPIN_STORE_QUIET`].
 pub fn store_busy() -> bool {
     let at = STORE_WORKED_AT.load(Ordering::Relaxed);
-    let now = u64::try_from(EPOCH.elapsed().as_micros()).unwrap_or(u64::MAX);
-    at != 0 && now.saturating_sub(at) < SPIN_STORE_QUIET.as_micros() as u64
+    at != 0 && micros_since_epoch().saturating_sub(at) < SPIN_STORE_QUIET.as_micros() as u64
 }
 
 /// Turns spinning of up to `limit` on for this process (the runtime must call
