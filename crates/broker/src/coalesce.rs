@@ -204,7 +204,7 @@ pub fn before_park() {
     let spin = pause.is_none()
         && SPIN.with(|s| {
             s.borrow_mut()
-                .should_spin(wake.frames, wake.waited, crate::spin::store_busy())
+                .should_spin(wake.frames, wake.waited, crate::spin::store_busy)
         });
     if spin && let Some(found) = crate::spin::until_input() {
         SPIN.with(|s| s.borrow_mut().spun(found));

@@ -63,8 +63,9 @@ impl History {
         })
     }
 
-    /// Runs a blocking store call off the async threads.
-    async fn blocking<T: Send + 'static>(
+    /// Runs a blocking store call off the async threads; a store error is logged, and the
+    /// caller gets a text to pass on.
+    pub(crate) async fn blocking<T: Send + 'static>(
         &self,
         call: impl FnOnce(&JobStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, String> {
@@ -73,7 +74,7 @@ impl History {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
                 tracing::error!("{e}");
-                Err("the master cannot read its job store; see its log".into())
+                Err("the master's job store failed; see its log".into())
             }
             Err(e) => Err(format!("the job store failed: {e}")),
         }

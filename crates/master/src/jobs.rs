@@ -568,18 +568,16 @@ impl Jobs {
     async fn record_batch(&self, job_id: Uuid) {
         let _in_order = self.batch_writes.lock().await;
         let snapshot = self.active().get(&job_id).and_then(Active::snapshot);
-        let store = self.store.clone();
-        let recorded = tokio::task::spawn_blocking(move || match snapshot {
-            Some(batch) => store.put_batch(&batch),
-            None => store.delete_batch(&job_id),
-        })
-        .await;
-        let failed = match recorded {
-            Ok(Ok(())) => return,
-            Ok(Err(e)) => e.to_string(),
-            Err(e) => e.to_string(),
-        };
-        tracing::error!(job = %job_id, "recording the rolling batch: {failed}");
+        let recorded = self
+            .history
+            .blocking(move |store| match snapshot {
+                Some(batch) => store.put_batch(&batch),
+                None => store.delete_batch(&job_id),
+            })
+            .await;
+        if let Err(e) = recorded {
+            tracing::error!(job = %job_id, "recording the rolling batch: {e}");
+        }
     }
 
     /// Stops the rolling batch of `job_id` at `until_ms`, when its TTL has passed the
@@ -599,41 +597,36 @@ impl Jobs {
     /// recorded before the stop free their place, and the batch is topped up to its size
     /// from its queue; batches past their time, or whose job is gone, are forgotten.
     pub async fn resume_batches(self: &Arc<Self>) {
-        let store = self.store.clone();
-        let batches = match tokio::task::spawn_blocking(move || store.batches()).await {
-            Ok(Ok(batches)) => batches,
-            Ok(Err(e)) => return tracing::error!("rolling batches cannot be resumed: {e}"),
+        let batches = match self.history.blocking(JobStore::batches).await {
+            Ok(batches) => batches,
             Err(e) => return tracing::error!("rolling batches cannot be resumed: {e}"),
         };
         for batch in batches {
             let job_id = batch.job_id;
-            let store = self.store.clone();
-            let loaded = tokio::task::spawn_blocking(move || {
-                let returned: BTreeSet<String> = store
-                    .returns(&job_id)?
-                    .into_iter()
-                    .map(|r| r.minion)
-                    .collect();
-                Ok::<_, crate::store::StoreError>((store.job(&job_id)?, returned))
-            })
-            .await;
+            let loaded = self
+                .history
+                .blocking(move |store| {
+                    let returned: BTreeSet<String> = store
+                        .returns(&job_id)?
+                        .into_iter()
+                        .map(|r| r.minion)
+                        .collect();
+                    Ok((store.job(&job_id)?, returned))
+                })
+                .await;
             let now = now_ms();
             let (active, released) = match loaded {
-                Ok(Ok((Some(job), returned))) if now < batch.until_ms => {
+                Ok((Some(job), returned)) if now < batch.until_ms => {
                     resumed(batch, job, &returned, now)
                 }
-                Ok(Ok(_)) => {
+                Ok(_) => {
                     tracing::info!(job = %job_id, "rolling batch past its time or without its job; not resumed");
-                    self.record_batch(job_id).await;
-                    continue;
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(job = %job_id, "rolling batch cannot be resumed: {e}");
                     self.record_batch(job_id).await;
                     continue;
                 }
                 Err(e) => {
                     tracing::error!(job = %job_id, "rolling batch cannot be resumed: {e}");
+                    self.record_batch(job_id).await;
                     continue;
                 }
             };
